@@ -1,0 +1,153 @@
+//! Authentication (username/password) and per-topic allow rules.
+
+use std::collections::HashMap;
+
+use crate::codec::ConnectReturnCode;
+use crate::config::{Access, AclRule, BrokerConfig};
+use crate::topic::{filter_covers, filter_matches};
+
+/// Credentials and ACL rules, built once from the configuration.
+pub(crate) struct Auth {
+    allow_anonymous: bool,
+    passwords: HashMap<String, String>,
+    acl: Vec<AclRule>,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth")
+            .field("allow_anonymous", &self.allow_anonymous)
+            .field("users", &self.passwords.len())
+            .field("acl_rules", &self.acl.len())
+            .finish()
+    }
+}
+
+impl Auth {
+    pub(crate) fn new(config: &BrokerConfig) -> Auth {
+        Auth {
+            allow_anonymous: config.allow_anonymous,
+            passwords: config
+                .users
+                .iter()
+                .map(|u| (u.username.clone(), u.password.clone()))
+                .collect(),
+            acl: config.acl.clone(),
+        }
+    }
+
+    /// CONNACK code for these credentials.
+    pub(crate) fn authenticate(
+        &self,
+        username: Option<&str>,
+        password: Option<&[u8]>,
+    ) -> ConnectReturnCode {
+        let Some(username) = username else {
+            return if self.allow_anonymous {
+                ConnectReturnCode::Accepted
+            } else {
+                ConnectReturnCode::NotAuthorized
+            };
+        };
+        if self.passwords.is_empty() {
+            return ConnectReturnCode::Accepted;
+        }
+        match (self.passwords.get(username), password) {
+            (Some(expected), Some(given)) if constant_time_eq(expected.as_bytes(), given) => {
+                ConnectReturnCode::Accepted
+            }
+            _ => ConnectReturnCode::BadUsernameOrPassword,
+        }
+    }
+
+    pub(crate) fn may_publish(&self, username: Option<&str>, client_id: &str, topic: &str) -> bool {
+        self.allowed(username, client_id, Access::Publish, |rule| filter_matches(rule, topic))
+    }
+
+    pub(crate) fn may_subscribe(
+        &self,
+        username: Option<&str>,
+        client_id: &str,
+        filter: &str,
+    ) -> bool {
+        self.allowed(username, client_id, Access::Subscribe, |rule| {
+            filter_covers(rule, filter)
+        })
+    }
+
+    fn allowed(
+        &self,
+        username: Option<&str>,
+        client_id: &str,
+        access: Access,
+        check: impl Fn(&str) -> bool,
+    ) -> bool {
+        if self.acl.is_empty() {
+            return true;
+        }
+        self.acl.iter().any(|rule| {
+            if rule.access != access && rule.access != Access::Both {
+                return false;
+            }
+            if let Some(rule_user) = &rule.username
+                && Some(rule_user.as_str()) != username
+            {
+                return false;
+            }
+            let pattern = rule
+                .topic
+                .replace("%u", username.unwrap_or("\u{0}"))
+                .replace("%c", client_id);
+            check(&pattern)
+        })
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::config::UserConfig;
+
+    fn auth() -> Auth {
+        let config = BrokerConfig {
+            allow_anonymous: false,
+            users: vec![UserConfig { username: "alice".into(), password: "pw".into() }],
+            acl: vec![
+                AclRule { username: Some("alice".into()), topic: "cars/%u/#".into(), access: Access::Both },
+                AclRule { username: None, topic: "public/+".into(), access: Access::Subscribe },
+            ],
+            ..BrokerConfig::default()
+        };
+        Auth::new(&config)
+    }
+
+    #[test]
+    fn credentials() {
+        let auth = auth();
+        assert_eq!(auth.authenticate(Some("alice"), Some(b"pw")), ConnectReturnCode::Accepted);
+        assert_eq!(
+            auth.authenticate(Some("alice"), Some(b"nope")),
+            ConnectReturnCode::BadUsernameOrPassword
+        );
+        assert_eq!(auth.authenticate(None, None), ConnectReturnCode::NotAuthorized);
+    }
+
+    #[test]
+    fn acl_rules() {
+        let auth = auth();
+        assert!(auth.may_publish(Some("alice"), "c", "cars/alice/gps"));
+        assert!(!auth.may_publish(Some("alice"), "c", "cars/bob/gps"));
+        assert!(!auth.may_publish(Some("alice"), "c", "public/x"));
+        assert!(auth.may_subscribe(Some("bob"), "c", "public/x"));
+        assert!(!auth.may_subscribe(Some("bob"), "c", "public/#"));
+        assert!(auth.may_subscribe(Some("alice"), "c", "cars/alice/+"));
+    }
+}

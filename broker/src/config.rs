@@ -1,0 +1,196 @@
+//! Broker configuration: typed, `deny_unknown_fields`, validated.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// Broker configuration. Every limit has a default; see `docs/broker.md`.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    /// TCP listen address used by [`crate::Broker::start`].
+    pub listen: SocketAddr,
+    /// Connections held at once; one more is closed right after accept.
+    pub max_connections: usize,
+    /// Largest packet accepted (fixed header included); a larger one
+    /// closes the connection.
+    pub max_packet_size: usize,
+    /// Time a new connection has to send its CONNECT.
+    #[serde(deserialize_with = "human_duration")]
+    pub connect_timeout: Duration,
+    /// Messages waiting for one client (or one in-process subscription),
+    /// in addition to the `max_inflight` ones sent but not acknowledged.
+    pub max_queued_per_client: usize,
+    /// QoS 1/2 messages sent to a client and not yet acknowledged.
+    pub max_inflight: u16,
+    /// Whether clients without a username may connect.
+    pub allow_anonymous: bool,
+    /// Username/password pairs. Empty: any credentials are accepted.
+    pub users: Vec<UserConfig>,
+    /// Per-topic allow rules. Empty: everything is allowed.
+    pub acl: Vec<AclRule>,
+    /// Where persistent sessions and retained messages are saved on
+    /// shutdown and reloaded on start. `None`: kept in memory only.
+    pub data_dir: Option<PathBuf>,
+    /// Period of `$SYS/broker/...` statistics; `None` disables them.
+    #[serde(deserialize_with = "human_duration_opt")]
+    pub sys_interval: Option<Duration>,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            max_connections: 100_000,
+            max_packet_size: 1024 * 1024,
+            connect_timeout: Duration::from_secs(10),
+            max_queued_per_client: 1000,
+            max_inflight: 64,
+            allow_anonymous: true,
+            users: Vec::new(),
+            acl: Vec::new(),
+            data_dir: None,
+            sys_interval: Some(Duration::from_secs(10)),
+        }
+    }
+}
+
+impl std::fmt::Debug for BrokerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerConfig")
+            .field("listen", &self.listen)
+            .field("max_connections", &self.max_connections)
+            .field("max_packet_size", &self.max_packet_size)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("max_queued_per_client", &self.max_queued_per_client)
+            .field("max_inflight", &self.max_inflight)
+            .field("allow_anonymous", &self.allow_anonymous)
+            .field("users", &self.users)
+            .field("acl", &self.acl)
+            .field("data_dir", &self.data_dir)
+            .field("sys_interval", &self.sys_interval)
+            .finish()
+    }
+}
+
+/// A user allowed to connect. The password never appears in `Debug`.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for UserConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserConfig")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// What an ACL rule allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Access {
+    Publish,
+    Subscribe,
+    Both,
+}
+
+/// Allows `access` on topics matched by `topic` (a filter; `%u` is replaced
+/// by the username and `%c` by the client id) to `username`, or to every
+/// client when `username` is `None`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AclRule {
+    #[serde(default)]
+    pub username: Option<String>,
+    pub topic: String,
+    pub access: Access,
+}
+
+/// A configuration value that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{field} must be at least {min}")]
+    TooSmall { field: &'static str, min: usize },
+    #[error("acl topic {0:?} is not a valid topic filter")]
+    InvalidAclTopic(String),
+}
+
+impl BrokerConfig {
+    /// Checks values serde cannot check.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let at_least = |field, value: usize, min| {
+            if value < min { Err(ConfigError::TooSmall { field, min }) } else { Ok(()) }
+        };
+        at_least("max_connections", self.max_connections, 1)?;
+        at_least("max_packet_size", self.max_packet_size, 64)?;
+        at_least("max_queued_per_client", self.max_queued_per_client, 1)?;
+        at_least("max_inflight", usize::from(self.max_inflight), 1)?;
+        for rule in &self.acl {
+            let probe = rule.topic.replace("%u", "u").replace("%c", "c");
+            if crate::topic::validate_topic_filter(&probe).is_err() {
+                return Err(ConfigError::InvalidAclTopic(rule.topic.clone()));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum DurationRepr {
+    Seconds(u64),
+    Text(String),
+}
+
+fn parse_duration(repr: DurationRepr) -> Result<Duration, String> {
+    match repr {
+        DurationRepr::Seconds(secs) => Ok(Duration::from_secs(secs)),
+        DurationRepr::Text(text) => humantime::parse_duration(&text).map_err(|e| e.to_string()),
+    }
+}
+
+/// Accepts `10` (seconds) or `"10s"`, `"500ms"`.
+fn human_duration<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
+    parse_duration(DurationRepr::deserialize(de)?).map_err(serde::de::Error::custom)
+}
+
+fn human_duration_opt<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Duration>, D::Error> {
+    Option::<DurationRepr>::deserialize(de)?
+        .map(parse_duration)
+        .transpose()
+        .map_err(serde::de::Error::custom)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_hides_passwords() {
+        let config: BrokerConfig = serde_json::from_str(
+            r#"{"listen":"0.0.0.0:1884","connect_timeout":"2s","sys_interval":null,
+                "users":[{"username":"alice","password":"s3cret"}],
+                "acl":[{"username":"alice","topic":"cars/%u/#","access":"both"}]}"#,
+        )
+        .unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.connect_timeout, Duration::from_secs(2));
+        assert_eq!(config.sys_interval, None);
+        let debug = format!("{config:?}");
+        assert!(debug.contains("alice"));
+        assert!(!debug.contains("s3cret"));
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        assert!(serde_json::from_str::<BrokerConfig>(r#"{"max_conections":1}"#).is_err());
+    }
+}
