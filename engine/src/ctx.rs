@@ -1,0 +1,161 @@
+//! [`NodeCtx`]: what a running [`crate::TaskNode`] talks to.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::completion::{FlowHub, Tracker};
+use crate::dispatch::{CatchTargets, Dispatcher, report_error};
+use crate::ids::{FlowId, MsgId, NodeId};
+use crate::monitor::{DebugBus, NodeMonitor, NodeStatus};
+use crate::msg::Msg;
+use crate::node::{NodeError, Port};
+use crate::trace::{TraceEvent, TraceEventKind};
+use crate::value::Value;
+
+/// The running context of a task node.
+pub struct NodeCtx {
+    pub(crate) monitor: Arc<NodeMonitor>,
+    pub(crate) hub: Arc<FlowHub>,
+    pub(crate) input: Option<mpsc::Receiver<Msg>>,
+    pub(crate) dispatcher: Dispatcher,
+    pub(crate) outputs: usize,
+    pub(crate) catch: CatchTargets,
+    pub(crate) stopping: CancellationToken,
+    pub(crate) halt: CancellationToken,
+    pub(crate) data_dir: PathBuf,
+    pub(crate) debug: DebugBus,
+}
+
+impl fmt::Debug for NodeCtx {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NodeCtx")
+            .field("flow", self.hub.flow())
+            .field("node", self.monitor.node())
+            .finish_non_exhaustive()
+    }
+}
+
+impl NodeCtx {
+    /// This node's id.
+    pub fn node_id(&self) -> &NodeId {
+        self.monitor.node()
+    }
+
+    /// This node's flow.
+    pub fn flow(&self) -> &FlowId {
+        self.hub.flow()
+    }
+
+    /// The data directory for state that must survive restarts.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The node's monitor (counters, status).
+    pub fn monitor(&self) -> &Arc<NodeMonitor> {
+        &self.monitor
+    }
+
+    /// The debug bus.
+    pub fn debug_bus(&self) -> &DebugBus {
+        &self.debug
+    }
+
+    /// The next input message, or `None` when the node should finish: its
+    /// upstream is gone or the flow is stopping after its drain.
+    pub async fn recv(&mut self) -> Option<Msg> {
+        let msg = match self.input.as_mut() {
+            Some(input) => tokio::select! {
+                biased;
+                msg = input.recv() => msg,
+                () = self.halt.cancelled() => None,
+            },
+            None => {
+                self.halt.cancelled().await;
+                None
+            }
+        }?;
+        self.monitor.count_received();
+        self.hub.trace.record_with(|| {
+            TraceEvent::new(
+                self.hub.flow().clone(),
+                msg.id(),
+                Some(self.monitor.node().clone()),
+                TraceEventKind::Received,
+            )
+        });
+        Some(msg)
+    }
+
+    /// Sends `msg` on `port`, waiting while a downstream queue is full.
+    pub async fn send(&mut self, port: Port, msg: Msg) {
+        if port >= self.outputs {
+            let error = NodeError::new(format!(
+                "sent on port {port}, but the node has {} output port(s)",
+                self.outputs
+            ));
+            self.report_error(error.with_msg(msg));
+            return;
+        }
+        self.dispatcher.emit(port, msg).await;
+    }
+
+    /// A new message from this node, counted in flight until it and all
+    /// derived from it have finished.
+    pub fn new_msg(&self, payload: Value) -> Msg {
+        let id = MsgId::next();
+        Msg::with_tracker(id, payload, Tracker::new(id, Some(self.hub.clone())))
+    }
+
+    /// A new message that runs `on_finish` when it and everything derived
+    /// from it have finished: the hook for acknowledging a source (MQTT
+    /// PUBACK) only once the flow is done with the message.
+    pub fn new_tracked_msg(
+        &self,
+        payload: Value,
+        on_finish: impl FnOnce(crate::completion::Outcome) + Send + 'static,
+    ) -> Msg {
+        let msg = self.new_msg(payload);
+        msg.tracker().on_finish(on_finish);
+        msg
+    }
+
+    /// Reports a failure: logged, counted, traced and delivered to `catch`
+    /// nodes. Attach the message with [`NodeError::with_msg`] when there is
+    /// one.
+    pub fn report_error(&self, mut error: NodeError) {
+        let (id, tracker) = match error.take_msg() {
+            Some(msg) => {
+                let identity = (msg.id(), msg.tracker().clone());
+                error = error.with_msg(msg);
+                identity
+            }
+            None => {
+                let id = MsgId::next();
+                (id, Tracker::new(id, Some(self.hub.clone())))
+            }
+        };
+        report_error(&self.hub, &self.monitor, &self.catch, error, (id, tracker));
+    }
+
+    /// Sets the status shown under the node in the editor.
+    pub fn set_status(&self, status: NodeStatus) {
+        self.monitor.set_status(status);
+    }
+
+    /// Fires when sources must stop producing (shutdown or redeploy). A
+    /// source returns from `run` then; messages already sent drain.
+    pub fn stopping(&self) -> &CancellationToken {
+        &self.stopping
+    }
+
+    /// Fires when the flow stops for good, after the drain: every node
+    /// returns from `run`.
+    pub fn halted(&self) -> &CancellationToken {
+        &self.halt
+    }
+}

@@ -1,0 +1,251 @@
+//! What the engine shows about running nodes: counters, status and the debug
+//! bus. The editor, `/metrics` and `runnel run` read these; nodes write them.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+use crate::ids::{FlowId, MsgId, NodeId};
+
+/// A node's status, as Node-RED shows under a node: a coloured dot or ring and
+/// a short text ("connected", "3 errors").
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct NodeStatus {
+    /// `green`, `yellow`, `red`, `blue` or `grey`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fill: Option<&'static str>,
+    /// `dot` or `ring`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shape: Option<&'static str>,
+    /// The text.
+    pub text: String,
+}
+
+impl NodeStatus {
+    /// A green dot: working/connected.
+    pub fn ok(text: impl Into<String>) -> Self {
+        NodeStatus {
+            fill: Some("green"),
+            shape: Some("dot"),
+            text: text.into(),
+        }
+    }
+
+    /// A yellow ring: connecting, waiting.
+    pub fn pending(text: impl Into<String>) -> Self {
+        NodeStatus {
+            fill: Some("yellow"),
+            shape: Some("ring"),
+            text: text.into(),
+        }
+    }
+
+    /// A red ring: disconnected, failing.
+    pub fn error(text: impl Into<String>) -> Self {
+        NodeStatus {
+            fill: Some("red"),
+            shape: Some("ring"),
+            text: text.into(),
+        }
+    }
+}
+
+/// Live counters and status of one node.
+#[derive(Debug)]
+pub struct NodeMonitor {
+    flow: FlowId,
+    node: NodeId,
+    type_name: &'static str,
+    received: AtomicU64,
+    sent: AtomicU64,
+    errors: AtomicU64,
+    dropped: AtomicU64,
+    busy_nanos: AtomicU64,
+    status: Mutex<NodeStatus>,
+    status_bus: broadcast::Sender<StatusEvent>,
+}
+
+/// A status change, for live readers.
+#[derive(Clone, Debug, Serialize)]
+pub struct StatusEvent {
+    /// The flow.
+    pub flow: FlowId,
+    /// The node.
+    pub node: NodeId,
+    /// The new status.
+    pub status: NodeStatus,
+}
+
+/// A snapshot of a node's counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct NodeCounters {
+    /// Messages received.
+    pub received: u64,
+    /// Messages sent (per port send).
+    pub sent: u64,
+    /// Errors.
+    pub errors: u64,
+    /// Messages dropped by a full queue with the drop policy, or by the node.
+    pub dropped: u64,
+    /// Time spent handling messages, in nanoseconds (sync nodes).
+    pub busy_nanos: u64,
+}
+
+impl NodeMonitor {
+    pub(crate) fn new(
+        flow: FlowId,
+        node: NodeId,
+        type_name: &'static str,
+        status_bus: broadcast::Sender<StatusEvent>,
+    ) -> Arc<Self> {
+        Arc::new(NodeMonitor {
+            flow,
+            node,
+            type_name,
+            received: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            busy_nanos: AtomicU64::new(0),
+            status: Mutex::new(NodeStatus::default()),
+            status_bus,
+        })
+    }
+
+    /// A monitor attached to nothing, for tests.
+    pub fn detached(node: &str, type_name: &'static str) -> Arc<Self> {
+        let (bus, _) = broadcast::channel(1);
+        NodeMonitor::new(FlowId::new("test"), NodeId::new(node), type_name, bus)
+    }
+
+    /// The node id.
+    pub fn node(&self) -> &NodeId {
+        &self.node
+    }
+
+    /// The flow.
+    pub fn flow(&self) -> &FlowId {
+        &self.flow
+    }
+
+    /// The node type.
+    pub fn type_name(&self) -> &'static str {
+        self.type_name
+    }
+
+    /// Sets the status shown under the node.
+    pub fn set_status(&self, status: NodeStatus) {
+        if let Ok(mut current) = self.status.lock() {
+            if *current == status {
+                return;
+            }
+            *current = status.clone();
+        }
+        // No live reader is fine.
+        let _ = self.status_bus.send(StatusEvent {
+            flow: self.flow.clone(),
+            node: self.node.clone(),
+            status,
+        });
+    }
+
+    /// The current status.
+    pub fn status(&self) -> NodeStatus {
+        self.status.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Counts a dropped message.
+    pub fn count_dropped(&self, n: u64) {
+        self.dropped.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_received(&self) {
+        self.received.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_sent(&self) {
+        self.sent.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_error(&self) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add_busy(&self, nanos: u64) {
+        self.busy_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    /// The counters now.
+    pub fn counters(&self) -> NodeCounters {
+        NodeCounters {
+            received: self.received.load(Ordering::Relaxed),
+            sent: self.sent.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+            busy_nanos: self.busy_nanos.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// One debug message, in the seed's `{"time","node","msg"}` shape plus the
+/// flow.
+#[derive(Clone, Debug, Serialize)]
+pub struct DebugEvent {
+    /// When the debug node saw the message.
+    #[serde(serialize_with = "serialize_millis")]
+    pub time: SystemTime,
+    /// The debug node's id.
+    pub node: NodeId,
+    /// The flow.
+    pub flow: FlowId,
+    /// The message's id, to open its trace.
+    #[serde(rename = "msgid")]
+    pub msg_id: MsgId,
+    /// What was shown: the whole message or one property.
+    pub msg: serde_json::Value,
+}
+
+fn serialize_millis<S: serde::Serializer>(time: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_rfc3339_millis(*time))
+}
+
+/// The lossy broadcast of debug messages. Publishing never waits: a reader
+/// that falls behind loses messages and is told how many.
+#[derive(Clone, Debug)]
+pub struct DebugBus {
+    tx: broadcast::Sender<Arc<DebugEvent>>,
+}
+
+impl DebugBus {
+    /// A bus keeping up to `capacity` unread events per reader.
+    pub fn new(capacity: usize) -> Self {
+        let (tx, _) = broadcast::channel(capacity.max(1));
+        DebugBus { tx }
+    }
+
+    /// Publishes an event if anyone listens.
+    pub fn publish(&self, event: DebugEvent) {
+        if self.tx.receiver_count() > 0 {
+            let _ = self.tx.send(Arc::new(event));
+        }
+    }
+
+    /// Whether anyone listens (so a debug node can skip building the event).
+    pub fn has_listeners(&self) -> bool {
+        self.tx.receiver_count() > 0
+    }
+
+    /// A live feed of debug events.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<DebugEvent>> {
+        self.tx.subscribe()
+    }
+}
+
+impl Default for DebugBus {
+    fn default() -> Self {
+        DebugBus::new(1024)
+    }
+}
