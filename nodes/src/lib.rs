@@ -1,1 +1,28 @@
-//! runnel-nodes (placeholder)
+//! # runnel-nodes
+//!
+//! The node types of runnel, one file per type. Each file holds the type's
+//! typed config (serde, `deny_unknown_fields`, with doc comments that become
+//! its schema and `runnel nodes` text), its implementation and its tests.
+//! The engine knows node types only through [`register_all`].
+//!
+//! ## Dependencies
+//! This crate depends on `runnel-engine` and on client libraries for the
+//! systems its nodes talk to. It must not depend on `runnel-web`.
+
+// Core nodes.
+// (modules are added here as they land; keep this list and register_all in step)
+
+use runnel_engine::Registry;
+
+/// Registers every node type of this crate.
+pub fn register_all(registry: &mut Registry) -> &mut Registry {
+    // Core nodes.
+    registry
+}
+
+/// A registry with every node type of this crate.
+pub fn registry() -> Registry {
+    let mut registry = Registry::new();
+    register_all(&mut registry);
+    registry
+}
