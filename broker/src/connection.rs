@@ -312,6 +312,11 @@ impl Reader<'_> {
                         if let Some(end) = self.handle(packet).await {
                             return end;
                         }
+                        // One unit of tokio's cooperative budget per packet:
+                        // a publisher flooding a full socket buffer yields
+                        // every ~128 packets, so the write loops of its
+                        // subscribers get the CPU to drain their queues.
+                        tokio::task::consume_budget().await;
                     }
                     Ok(None) => break,
                     Err(error) => return End::Protocol(error),

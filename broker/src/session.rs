@@ -25,7 +25,7 @@ use crate::topic::SubscriberId;
 /// own read loop waits.
 const MAX_CONTROL: usize = 256;
 /// Messages the writer takes per batch (one socket write).
-const MAX_BATCH: usize = 512;
+const MAX_BATCH: usize = 4096;
 
 /// A message waiting for a client.
 #[derive(Debug, Clone)]

@@ -16,6 +16,7 @@
 //! Design notes and measurements: `docs/geo-store.md`.
 
 mod backend;
+mod couch;
 mod doc;
 mod embedded;
 mod error;
@@ -24,6 +25,7 @@ pub mod query;
 
 pub use backend::{GeoBackend, GeoOptions, StoredDoc};
 pub use doc::{ID_FIELD, REV_FIELD};
+pub use couch::{CouchBackend, CouchOptions, GEO_FIELD, MAX_CANDIDATES};
 pub use embedded::{DATABASE_FILE, EmbeddedBackend};
 pub use error::{GeoError, GeoResult};
 pub use query::{Filter, Query, QueryParams, Relation};
