@@ -225,7 +225,7 @@ fn invoke(member: &mut Member, index: usize, msg: Msg, hub: &FlowHub, stack: &mu
         Ok(Err(error)) => Some(error),
         Err(panic) => Some(NodeError::new(format!(
             "node panicked: {}",
-            panic_text(&panic)
+            panic_text(&*panic)
         ))),
     };
     let sent: Vec<(Port, Msg)> = member.out.drain().collect();
