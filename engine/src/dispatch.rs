@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::completion::{FlowHub, Tracker};
 use crate::ids::{MsgId, NodeId};
@@ -56,12 +57,16 @@ pub(crate) struct QueueTarget {
 }
 
 impl QueueTarget {
-    async fn deliver(&self, msg: Msg) {
+    async fn deliver(&self, msg: Msg, halt: &CancellationToken) {
         match self.policy {
             WhenFull::Block => {
-                // A closed queue means the target task has stopped; the
-                // message is dropped, which finishes that branch.
-                let _ = self.tx.send(msg).await;
+                // A closed queue means the target task has stopped, and a
+                // halted flow waits for nobody: either way the message is
+                // dropped, which finishes that branch.
+                tokio::select! {
+                    _ = self.tx.send(msg) => {}
+                    () = halt.cancelled() => {}
+                }
             }
             WhenFull::DropNewest => {
                 if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(msg) {
@@ -110,6 +115,7 @@ enum Work {
 /// One task's routing: its own node's routes plus its fused members.
 pub(crate) struct Dispatcher {
     pub(crate) hub: Arc<FlowHub>,
+    pub(crate) halt: CancellationToken,
     pub(crate) root_monitor: Option<Arc<NodeMonitor>>,
     pub(crate) root_routes: Vec<Vec<Target>>,
     pub(crate) members: Vec<Member>,
@@ -122,9 +128,11 @@ impl Dispatcher {
         root_monitor: Option<Arc<NodeMonitor>>,
         root_routes: Vec<Vec<Target>>,
         members: Vec<Member>,
+        halt: CancellationToken,
     ) -> Self {
         Dispatcher {
             hub,
+            halt,
             root_monitor,
             root_routes,
             members,
@@ -147,6 +155,7 @@ impl Dispatcher {
     async fn run(&mut self) {
         let Dispatcher {
             hub,
+            halt,
             root_monitor,
             root_routes,
             members,
@@ -193,7 +202,7 @@ impl Dispatcher {
                 let Some(copy) = copy else { break };
                 match target {
                     Target::Inline(j) => inline.push(Work::Deliver(*j, copy)),
-                    Target::Queue(queue) => queue.deliver(copy).await,
+                    Target::Queue(queue) => queue.deliver(copy, halt).await,
                 }
             }
             stack.extend(inline.into_iter().rev());

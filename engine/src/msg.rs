@@ -82,6 +82,19 @@ impl Msg {
         }
     }
 
+    /// A copy that is not tracked: holding it does not keep the original
+    /// unfinished. For sinks that hand messages outside the flow (tests,
+    /// recorders).
+    pub fn detached(&self) -> Msg {
+        Msg {
+            id: self.id,
+            parent: self.parent,
+            props: self.props.clone(),
+            tracker: Tracker::detached(self.id),
+            handles: None,
+        }
+    }
+
     /// All properties.
     pub fn props(&self) -> &Map {
         &self.props

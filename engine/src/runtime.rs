@@ -405,7 +405,8 @@ fn spawn_flow(shared: &Arc<EngineShared>, mut flow: Flow) -> RunningFlow {
                 });
                 let routes = wiring.routes(root);
                 wiring.members[0].routes = routes;
-                let dispatcher = Dispatcher::new(hub.clone(), None, Vec::new(), wiring.members);
+                let dispatcher =
+                    Dispatcher::new(hub.clone(), None, Vec::new(), wiring.members, halt.clone());
                 let input = inputs[root].take();
                 tasks.spawn(run_sync_root(dispatcher, input, halt.clone()));
             }
@@ -416,6 +417,7 @@ fn spawn_flow(shared: &Arc<EngineShared>, mut flow: Flow) -> RunningFlow {
                     Some(node.monitor.clone()),
                     routes,
                     wiring.members,
+                    halt.clone(),
                 );
                 let ctx = NodeCtx {
                     monitor: node.monitor.clone(),
