@@ -219,6 +219,11 @@ impl Broker {
         Ok(addr)
     }
 
+    #[cfg(test)]
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
     /// Address of the first listener, if any.
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.shared.local_addrs.lock().unwrap_or_else(|p| p.into_inner()).first().copied()

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::OwnedMutexGuard;
+use tokio::sync::{OwnedMutexGuard, OwnedSemaphorePermit};
 use tracing::Instrument;
 
 use crate::broker::{Shared, Target};
@@ -45,9 +45,14 @@ enum End {
 }
 
 /// Serves one client until it disconnects, fails or the broker stops.
-pub(crate) async fn run<S>(shared: Arc<Shared>, mut stream: S, peer: SocketAddr)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+/// `permit` (the connection limit) is held until the connection ends.
+pub(crate) async fn run<S>(
+    shared: Arc<Shared>,
+    mut stream: S,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut read_buf = BytesMut::with_capacity(MIN_READ_BUFFER);
     let max_packet = shared.config.max_packet_size;
@@ -102,7 +107,17 @@ where
         return;
     }
     let span = tracing::debug_span!("connection", client_id = %client_id, %peer);
-    serve(shared, stream, read_buf, connect, client_id).instrument(span).await;
+    // A task of its own: the handshake's state is freed, so an idle
+    // connection's task holds only the serving state (docs/broker.md,
+    // memory per connection).
+    let tracker = shared.tracker.clone();
+    tracker.spawn(
+        async move {
+            serve(shared, stream, read_buf, connect, client_id).await;
+            drop(permit);
+        }
+        .instrument(span),
+    );
 }
 
 async fn serve<S>(
@@ -114,8 +129,9 @@ async fn serve<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
+    let Connect { clean_session, keep_alive_secs, will, username, .. } = connect;
     let (session, guard, session_present) =
-        attach_session(&shared, client_id.clone(), connect.clean_session).await;
+        Box::pin(attach_session(&shared, client_id.clone(), clean_session)).await;
     let kick = session.new_kick_token();
     let mut out = BytesMut::with_capacity(4);
     // [MQTT-3.2.0-1] CONNACK is the first packet from the server;
@@ -125,25 +141,25 @@ async fn serve<S>(
         &mut out,
     );
     if stream.write_all(&out).await.is_err() {
-        finish(&shared, &session, connect.clean_session, guard);
+        finish(&shared, &session, clean_session, guard);
         return;
     }
     drop(out);
     session.queue.go_online();
     add(&shared.metrics.connections_current, 1);
     add(&shared.metrics.connections_total, 1);
-    tracing::debug!(clean = connect.clean_session, session_present, "client connected");
+    tracing::debug!(clean = clean_session, session_present, "client connected");
 
     let (mut reader_half, mut writer_half) = tokio::io::split(stream);
     let mut reader = Reader {
         shared: &shared,
         session: &session,
-        username: connect.username.as_deref(),
+        username: username.as_deref(),
         client_id: &client_id,
     };
     // [MQTT-3.1.2-24] close after 1.5 x keep alive without a packet.
-    let keep_alive = (connect.keep_alive_secs > 0)
-        .then(|| Duration::from_millis(u64::from(connect.keep_alive_secs) * 1500));
+    let keep_alive = (keep_alive_secs > 0)
+        .then(|| Duration::from_millis(u64::from(keep_alive_secs) * 1500));
     let end = tokio::select! {
         biased;
         _ = kick.cancelled() => End::TakenOver,
@@ -172,13 +188,13 @@ async fn serve<S>(
         End::Io(error) => tracing::info!(%error, "connection lost"),
     }
     if !matches!(end, End::Disconnect)
-        && let Some(will) = connect.will
+        && let Some(will) = will
     {
         // [MQTT-3.1.2-8] publish the will when the connection ends without DISCONNECT.
-        publish_will(&shared, connect.username.as_deref(), &client_id, will).await;
+        Box::pin(publish_will(&shared, username.as_deref(), &client_id, will)).await;
     }
     add_signed(&shared.metrics.connections_current);
-    finish(&shared, &session, connect.clean_session, guard);
+    finish(&shared, &session, clean_session, guard);
 }
 
 fn add_signed(counter: &std::sync::atomic::AtomicU64) {
@@ -309,7 +325,10 @@ impl Reader<'_> {
             loop {
                 match codec::decode(&mut buf, max_packet) {
                     Ok(Some(packet)) => {
-                        if let Some(end) = self.handle(packet).await {
+                        // Boxed: handling may await deep in routing, and an unboxed
+                        // future would make every idle connection's task as
+                        // large as that deepest state.
+                        if let Some(end) = Box::pin(self.handle(packet)).await {
                             return end;
                         }
                         // One unit of tokio's cooperative budget per packet:

@@ -42,9 +42,6 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
             tracing::debug!(%peer, %error, "set_nodelay failed");
         }
         let connection_shared = shared.clone();
-        shared.tracker.spawn(async move {
-            crate::connection::run(connection_shared, stream, peer).await;
-            drop(permit);
-        });
+        shared.tracker.spawn(crate::connection::run(connection_shared, stream, peer, permit));
     }
 }
