@@ -170,8 +170,6 @@ async fn serve<S>(
             Err(error) => End::Io(error),
         },
     };
-    drop(reader_half);
-    drop(writer_half);
     match &end {
         End::Disconnect | End::Closed | End::TakenOver | End::Shutdown => {
             tracing::debug!(?end, "client disconnected");
@@ -194,7 +192,11 @@ async fn serve<S>(
         Box::pin(publish_will(&shared, username.as_deref(), &client_id, will)).await;
     }
     add_signed(&shared.metrics.connections_current);
+    // The session is offline (or gone) before the socket closes, so a
+    // client that saw the close never races its own session state.
     finish(&shared, &session, clean_session, guard);
+    drop(reader_half);
+    drop(writer_half);
 }
 
 fn add_signed(counter: &std::sync::atomic::AtomicU64) {
