@@ -20,11 +20,14 @@ async fn main() -> anyhow::Result<()> {
     let mut config = match args.next() {
         Some(path) => {
             let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-            serde_json::from_str::<BrokerConfig>(&text).with_context(|| format!("parsing {path}"))?
+            serde_json::from_str::<BrokerConfig>(&text)
+                .with_context(|| format!("parsing {path}"))?
         }
         None => BrokerConfig::default(),
     };
-    config.listen = addr.parse().with_context(|| format!("bad listen address {addr}"))?;
+    config.listen = addr
+        .parse()
+        .with_context(|| format!("bad listen address {addr}"))?;
     let broker = Broker::start(config).await?;
     eprintln!("runnel-broker listening on {:?}", broker.local_addr());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -61,7 +61,9 @@ impl Auth {
     }
 
     pub(crate) fn may_publish(&self, username: Option<&str>, client_id: &str, topic: &str) -> bool {
-        self.allowed(username, client_id, Access::Publish, |rule| filter_matches(rule, topic))
+        self.allowed(username, client_id, Access::Publish, |rule| {
+            filter_matches(rule, topic)
+        })
     }
 
     pub(crate) fn may_subscribe(
@@ -119,10 +121,21 @@ mod tests {
     fn auth() -> Auth {
         let config = BrokerConfig {
             allow_anonymous: false,
-            users: vec![UserConfig { username: "alice".into(), password: "pw".into() }],
+            users: vec![UserConfig {
+                username: "alice".into(),
+                password: "pw".into(),
+            }],
             acl: vec![
-                AclRule { username: Some("alice".into()), topic: "cars/%u/#".into(), access: Access::Both },
-                AclRule { username: None, topic: "public/+".into(), access: Access::Subscribe },
+                AclRule {
+                    username: Some("alice".into()),
+                    topic: "cars/%u/#".into(),
+                    access: Access::Both,
+                },
+                AclRule {
+                    username: None,
+                    topic: "public/+".into(),
+                    access: Access::Subscribe,
+                },
             ],
             ..BrokerConfig::default()
         };
@@ -132,12 +145,18 @@ mod tests {
     #[test]
     fn credentials() {
         let auth = auth();
-        assert_eq!(auth.authenticate(Some("alice"), Some(b"pw")), ConnectReturnCode::Accepted);
+        assert_eq!(
+            auth.authenticate(Some("alice"), Some(b"pw")),
+            ConnectReturnCode::Accepted
+        );
         assert_eq!(
             auth.authenticate(Some("alice"), Some(b"nope")),
             ConnectReturnCode::BadUsernameOrPassword
         );
-        assert_eq!(auth.authenticate(None, None), ConnectReturnCode::NotAuthorized);
+        assert_eq!(
+            auth.authenticate(None, None),
+            ConnectReturnCode::NotAuthorized
+        );
     }
 
     #[test]

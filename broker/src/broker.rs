@@ -61,15 +61,21 @@ impl Shared {
     }
 
     pub(crate) fn tree_read(&self) -> std::sync::RwLockReadGuard<'_, TopicTree<Target>> {
-        self.tree.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.tree
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub(crate) fn tree_write(&self) -> std::sync::RwLockWriteGuard<'_, TopicTree<Target>> {
-        self.tree.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.tree
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub(crate) fn sessions(&self) -> MutexGuard<'_, HashMap<Arc<str>, Arc<Session>>> {
-        self.sessions.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.sessions
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Stores the retained part of a publish and delivers it to every
@@ -96,10 +102,20 @@ impl Shared {
         }
     }
 
-    pub(crate) async fn deliver(&self, target: &Target, message: &Arc<Message>, qos: QoS, retain: bool) {
+    pub(crate) async fn deliver(
+        &self,
+        target: &Target,
+        message: &Arc<Message>,
+        qos: QoS,
+        retain: bool,
+    ) {
         match target {
             Target::Client(session) => {
-                let outgoing = Outgoing { message: message.clone(), qos, retain };
+                let outgoing = Outgoing {
+                    message: message.clone(),
+                    qos,
+                    retain,
+                };
                 session
                     .queue
                     .push(
@@ -128,7 +144,10 @@ impl Shared {
     pub(crate) fn discard_session(&self, session: &Arc<Session>) {
         {
             let mut sessions = self.sessions();
-            if sessions.get(&session.client_id).is_some_and(|s| Arc::ptr_eq(s, session)) {
+            if sessions
+                .get(&session.client_id)
+                .is_some_and(|s| Arc::ptr_eq(s, session))
+            {
                 sessions.remove(&session.client_id);
             }
         }
@@ -148,7 +167,8 @@ impl Shared {
             let queued: usize = sessions.values().map(|s| s.queue.queued_len()).sum();
             (sessions.len(), queued)
         };
-        self.metrics.snapshot(self.retained.len() as u64, sessions as u64, queued as u64)
+        self.metrics
+            .snapshot(self.retained.len() as u64, sessions as u64, queued as u64)
     }
 }
 
@@ -212,21 +232,27 @@ impl Broker {
             return Err(BrokerError::ShuttingDown);
         }
         let addr = listener.local_addr()?;
-        self.shared.local_addrs.lock().unwrap_or_else(|p| p.into_inner()).push(addr);
+        self.shared
+            .local_addrs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(addr);
         let shared = self.shared.clone();
-        self.shared.tracker.spawn(crate::server::accept_loop(shared, listener));
+        self.shared
+            .tracker
+            .spawn(crate::server::accept_loop(shared, listener));
         tracing::info!(%addr, "mqtt listener started");
         Ok(addr)
     }
 
-    #[cfg(test)]
-    pub(crate) fn shared(&self) -> &Arc<Shared> {
-        &self.shared
-    }
-
     /// Address of the first listener, if any.
     pub fn local_addr(&self) -> Option<SocketAddr> {
-        self.shared.local_addrs.lock().unwrap_or_else(|p| p.into_inner()).first().copied()
+        self.shared
+            .local_addrs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .first()
+            .copied()
     }
 
     pub fn config(&self) -> &BrokerConfig {
@@ -242,7 +268,8 @@ impl Broker {
             return Err(BrokerError::ShuttingDown);
         }
         validate_topic_name(&publish.topic)?;
-        let properties = (publish.properties != Default::default()).then(|| Arc::new(publish.properties));
+        let properties =
+            (publish.properties != Default::default()).then(|| Arc::new(publish.properties));
         let message = Arc::new(Message {
             topic: publish.topic.into(),
             payload: publish.payload,
@@ -275,9 +302,14 @@ impl Broker {
         } else {
             VecDeque::new()
         };
-        self.shared
-            .tree_write()
-            .subscribe(filter, Subscription { id, qos, target: Target::Local(sender) })?;
+        self.shared.tree_write().subscribe(
+            filter,
+            Subscription {
+                id,
+                qos,
+                target: Target::Local(sender),
+            },
+        )?;
         Ok(LocalSubscription {
             id,
             filter: filter.to_owned(),
@@ -362,7 +394,9 @@ async fn sys_loop(shared: Weak<Shared>, token: CancellationToken, interval: Dura
             _ = token.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        let Some(shared) = shared.upgrade() else { return };
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
         let snapshot = shared.snapshot();
         for (name, value) in snapshot.entries() {
             let message = Arc::new(Message {

@@ -126,7 +126,11 @@ impl BrokerConfig {
     /// Checks values serde cannot check.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let at_least = |field, value: usize, min| {
-            if value < min { Err(ConfigError::TooSmall { field, min }) } else { Ok(()) }
+            if value < min {
+                Err(ConfigError::TooSmall { field, min })
+            } else {
+                Ok(())
+            }
         };
         at_least("max_connections", self.max_connections, 1)?;
         at_least("max_packet_size", self.max_packet_size, 64)?;

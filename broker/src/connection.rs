@@ -69,7 +69,12 @@ pub(crate) async fn run<S>(
         Ok(Err(End::Protocol(CodecError::UnsupportedProtocolLevel(level)))) => {
             // [MQTT-3.1.2-2] answer 0x01 and close.
             tracing::debug!(%peer, level, "unsupported protocol level");
-            refuse(&shared, &mut stream, ConnectReturnCode::UnacceptableProtocolVersion).await;
+            refuse(
+                &shared,
+                &mut stream,
+                ConnectReturnCode::UnacceptableProtocolVersion,
+            )
+            .await;
             return;
         }
         Ok(Ok(Some(_))) => {
@@ -100,7 +105,9 @@ pub(crate) async fn run<S>(
     } else {
         connect.client_id.as_str().into()
     };
-    let code = shared.auth.authenticate(connect.username.as_deref(), connect.password.as_deref());
+    let code = shared
+        .auth
+        .authenticate(connect.username.as_deref(), connect.password.as_deref());
     if code != ConnectReturnCode::Accepted {
         tracing::info!(%peer, client_id = %client_id, ?code, "connection refused");
         refuse(&shared, &mut stream, code).await;
@@ -129,7 +136,13 @@ async fn serve<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let Connect { clean_session, keep_alive_secs, will, username, .. } = connect;
+    let Connect {
+        clean_session,
+        keep_alive_secs,
+        will,
+        username,
+        ..
+    } = connect;
     let (session, guard, session_present) =
         Box::pin(attach_session(&shared, client_id.clone(), clean_session)).await;
     let kick = session.new_kick_token();
@@ -137,7 +150,10 @@ async fn serve<S>(
     // [MQTT-3.2.0-1] CONNACK is the first packet from the server;
     // [MQTT-3.2.2-1..3] session present tells if a session was resumed.
     codec::encode(
-        &Packet::ConnAck(ConnAck { session_present, code: ConnectReturnCode::Accepted }),
+        &Packet::ConnAck(ConnAck {
+            session_present,
+            code: ConnectReturnCode::Accepted,
+        }),
         &mut out,
     );
     if stream.write_all(&out).await.is_err() {
@@ -158,8 +174,8 @@ async fn serve<S>(
         client_id: &client_id,
     };
     // [MQTT-3.1.2-24] close after 1.5 x keep alive without a packet.
-    let keep_alive = (keep_alive_secs > 0)
-        .then(|| Duration::from_millis(u64::from(keep_alive_secs) * 1500));
+    let keep_alive =
+        (keep_alive_secs > 0).then(|| Duration::from_millis(u64::from(keep_alive_secs) * 1500));
     let end = tokio::select! {
         biased;
         _ = kick.cancelled() => End::TakenOver,
@@ -249,7 +265,9 @@ async fn attach_session(
                 shared.config.max_queued_per_client,
                 usize::from(shared.config.max_inflight),
             ));
-            let Ok(guard) = session.active.clone().try_lock_owned() else { continue };
+            let Ok(guard) = session.active.clone().try_lock_owned() else {
+                continue;
+            };
             let mut sessions = shared.sessions();
             if sessions.contains_key(&client_id) {
                 continue;
@@ -260,8 +278,10 @@ async fn attach_session(
         // [MQTT-3.1.4-2] a second connection with the same id takes over.
         existing.kick();
         let guard = existing.active.clone().lock_owned().await;
-        let still_current =
-            shared.sessions().get(&client_id).is_some_and(|s| Arc::ptr_eq(s, &existing));
+        let still_current = shared
+            .sessions()
+            .get(&client_id)
+            .is_some_and(|s| Arc::ptr_eq(s, &existing));
         if !still_current {
             continue;
         }
@@ -279,7 +299,13 @@ async fn attach_session(
 async fn refuse<S: AsyncWrite + Unpin>(shared: &Shared, stream: &mut S, code: ConnectReturnCode) {
     add(&shared.metrics.connections_refused, 1);
     let mut out = BytesMut::with_capacity(4);
-    codec::encode(&Packet::ConnAck(ConnAck { session_present: false, code }), &mut out);
+    codec::encode(
+        &Packet::ConnAck(ConnAck {
+            session_present: false,
+            code,
+        }),
+        &mut out,
+    );
     let _ = stream.write_all(&out).await;
     let _ = stream.shutdown().await;
 }
@@ -365,7 +391,9 @@ impl Reader<'_> {
                         target = (target / 2).max(MIN_READ_BUFFER);
                     }
                     if let Some(keep_alive) = keep_alive {
-                        sleep.as_mut().reset(tokio::time::Instant::now() + keep_alive);
+                        sleep
+                            .as_mut()
+                            .reset(tokio::time::Instant::now() + keep_alive);
                     }
                 }
                 Err(error) => return End::Io(error),
@@ -401,7 +429,9 @@ impl Reader<'_> {
                     }
                 }
                 // [MQTT-3.10.4-4] [MQTT-3.10.4-5] UNSUBACK even if nothing matched.
-                queue.push_control(Packet::UnsubAck(unsubscribe.packet_id)).await;
+                queue
+                    .push_control(Packet::UnsubAck(unsubscribe.packet_id))
+                    .await;
             }
             // [MQTT-3.12.4-1]
             Packet::PingReq => queue.push_control(Packet::PingResp).await,
@@ -416,9 +446,19 @@ impl Reader<'_> {
     }
 
     async fn on_publish(&mut self, publish: Publish) {
-        let Publish { qos, retain, topic, packet_id, payload, .. } = publish;
+        let Publish {
+            qos,
+            retain,
+            topic,
+            packet_id,
+            payload,
+            ..
+        } = publish;
         let allowed = !topic.starts_with("$SYS")
-            && self.shared.auth.may_publish(self.username, self.client_id, &topic);
+            && self
+                .shared
+                .auth
+                .may_publish(self.username, self.client_id, &topic);
         if !allowed {
             // MQTT 3.1.1 cannot report a refusal: the message is acknowledged
             // and dropped, and counted.
@@ -426,7 +466,13 @@ impl Reader<'_> {
             tracing::debug!(%topic, "publish denied by acl");
         }
         let message = |topic: String| {
-            Arc::new(Message { topic: topic.into(), payload, qos, retain, properties: None })
+            Arc::new(Message {
+                topic: topic.into(),
+                payload,
+                qos,
+                retain,
+                properties: None,
+            })
         };
         let queue = &self.session.queue;
         match (qos, packet_id) {
@@ -466,7 +512,11 @@ impl Reader<'_> {
                     SubAckCode::Failure
                 }
                 Ok(parsed)
-                    if !self.shared.auth.may_subscribe(self.username, self.client_id, parsed.filter) =>
+                    if !self.shared.auth.may_subscribe(
+                        self.username,
+                        self.client_id,
+                        parsed.filter,
+                    ) =>
                 {
                     tracing::debug!(%filter, "subscription denied by acl");
                     SubAckCode::Failure
@@ -480,7 +530,9 @@ impl Reader<'_> {
                     };
                     match self.shared.tree_write().subscribe(&filter, subscription) {
                         Ok(_) => {
-                            self.session.subscriptions().insert(filter.clone(), requested);
+                            self.session
+                                .subscriptions()
+                                .insert(filter.clone(), requested);
                             if !is_shared {
                                 for_retained.push((filter, requested));
                             }
@@ -496,7 +548,10 @@ impl Reader<'_> {
         // [MQTT-3.8.4-1] SUBACK with [MQTT-3.8.4-5] one code per filter.
         self.session
             .queue
-            .push_control(Packet::SubAck(SubAck { packet_id: subscribe.packet_id, codes }))
+            .push_control(Packet::SubAck(SubAck {
+                packet_id: subscribe.packet_id,
+                codes,
+            }))
             .await;
         let target = Target::Client(self.session.clone());
         for (filter, granted) in for_retained {
@@ -526,7 +581,11 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         for item in items.drain(..) {
             match item {
                 WriteItem::Control(packet) => codec::encode(&packet, &mut out),
-                WriteItem::Publish { outgoing, packet_id, dup } => {
+                WriteItem::Publish {
+                    outgoing,
+                    packet_id,
+                    dup,
+                } => {
                     published += 1;
                     codec::encode_publish_parts(
                         &outgoing.message.topic,

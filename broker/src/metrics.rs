@@ -89,8 +89,14 @@ impl MetricsSnapshot {
             ("messages/sent", self.messages_sent),
             ("bytes/received", self.bytes_received),
             ("bytes/sent", self.bytes_sent),
-            ("publish/messages/dropped", self.dropped_qos0_overflow + self.dropped_offline_overflow),
-            ("publish/messages/dropped_offline", self.dropped_offline_overflow),
+            (
+                "publish/messages/dropped",
+                self.dropped_qos0_overflow + self.dropped_offline_overflow,
+            ),
+            (
+                "publish/messages/dropped_offline",
+                self.dropped_offline_overflow,
+            ),
             ("publish/denied", self.publish_denied),
             ("protocol/errors", self.protocol_errors),
             ("retained messages/count", self.retained_messages),

@@ -60,7 +60,10 @@ fn stored(message: &Message, delivery_qos: QoS, retain: bool) -> StoredMessage {
 }
 
 fn error(path: &Path, reason: impl ToString) -> BrokerError {
-    BrokerError::Persistence { path: path.display().to_string(), reason: reason.to_string() }
+    BrokerError::Persistence {
+        path: path.display().to_string(),
+        reason: reason.to_string(),
+    }
 }
 
 /// Writes the snapshot of every session that is still held (persistent
@@ -77,7 +80,11 @@ pub(crate) fn save(shared: &Shared, dir: &Path) -> Result<(), BrokerError> {
         .iter()
         .map(|session| StoredSession {
             client_id: session.client_id.to_string(),
-            subscriptions: session.subscriptions().iter().map(|(f, q)| (f.clone(), *q)).collect(),
+            subscriptions: session
+                .subscriptions()
+                .iter()
+                .map(|(f, q)| (f.clone(), *q))
+                .collect(),
             queued: session
                 .queue
                 .pending()
@@ -86,7 +93,11 @@ pub(crate) fn save(shared: &Shared, dir: &Path) -> Result<(), BrokerError> {
                 .collect(),
         })
         .collect();
-    let snapshot = Snapshot { version: VERSION, retained, sessions };
+    let snapshot = Snapshot {
+        version: VERSION,
+        retained,
+        sessions,
+    };
     std::fs::create_dir_all(dir).map_err(|e| error(dir, e))?;
     let path = dir.join(FILE_NAME);
     let temporary = dir.join(format!("{FILE_NAME}.tmp"));
@@ -108,7 +119,10 @@ pub(crate) fn load(shared: &Shared, dir: &Path) -> Result<(), BrokerError> {
     };
     let snapshot: Snapshot = serde_json::from_slice(&data).map_err(|e| error(&path, e))?;
     if snapshot.version != VERSION {
-        return Err(error(&path, format!("unsupported version {}", snapshot.version)));
+        return Err(error(
+            &path,
+            format!("unsupported version {}", snapshot.version),
+        ));
     }
     let message = |m: StoredMessage| {
         Arc::new(Message {
@@ -133,13 +147,21 @@ pub(crate) fn load(shared: &Shared, dir: &Path) -> Result<(), BrokerError> {
         session.queue.restore(stored.queued.into_iter().map(|m| {
             let qos = m.delivery_qos;
             let retain = m.retain;
-            Outgoing { message: message(m), qos, retain }
+            Outgoing {
+                message: message(m),
+                qos,
+                retain,
+            }
         }));
         {
             let mut tree = shared.tree_write();
             let mut subscriptions = session.subscriptions();
             for (filter, qos) in stored.subscriptions {
-                let sub = Subscription { id: session.id, qos, target: Target::Client(session.clone()) };
+                let sub = Subscription {
+                    id: session.id,
+                    qos,
+                    target: Target::Client(session.clone()),
+                };
                 if tree.subscribe(&filter, sub).is_ok() {
                     subscriptions.insert(filter, qos);
                 }

@@ -15,7 +15,9 @@ pub(crate) struct RetainedStore {
 
 impl RetainedStore {
     fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, Arc<Message>>> {
-        self.messages.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.messages
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Stores, replaces or (with an empty payload) clears the retained

@@ -42,6 +42,11 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
             tracing::debug!(%peer, %error, "set_nodelay failed");
         }
         let connection_shared = shared.clone();
-        shared.tracker.spawn(crate::connection::run(connection_shared, stream, peer, permit));
+        shared.tracker.spawn(crate::connection::run(
+            connection_shared,
+            stream,
+            peer,
+            permit,
+        ));
     }
 }

@@ -55,7 +55,11 @@ struct Inflight {
 #[derive(Debug)]
 pub(crate) enum WriteItem {
     Control(Packet),
-    Publish { outgoing: Outgoing, packet_id: Option<u16>, dup: bool },
+    Publish {
+        outgoing: Outgoing,
+        packet_id: Option<u16>,
+        dup: bool,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -96,7 +100,10 @@ pub(crate) struct SessionQueue {
 impl SessionQueue {
     pub(crate) fn new(max_queued: usize, max_inflight: usize) -> SessionQueue {
         SessionQueue {
-            state: Mutex::new(QueueState { next_packet_id: 1, ..QueueState::default() }),
+            state: Mutex::new(QueueState {
+                next_packet_id: 1,
+                ..QueueState::default()
+            }),
             readable: Notify::new(),
             writable: Notify::new(),
             max_queued,
@@ -107,7 +114,9 @@ impl SessionQueue {
     fn lock(&self) -> MutexGuard<'_, QueueState> {
         // A poisoned lock only means another task panicked mid-update; the
         // state is still structurally valid, so keep serving.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Queues a delivery following the queue policy (module docs).
@@ -211,23 +220,35 @@ impl SessionQueue {
         }
         let mut taken = 0;
         while taken < MAX_BATCH {
-            let Some(front) = state.messages.front() else { break };
+            let Some(front) = state.messages.front() else {
+                break;
+            };
             if front.qos == QoS::AtMostOnce {
                 if let Some(outgoing) = state.messages.pop_front() {
-                    items.push(WriteItem::Publish { outgoing, packet_id: None, dup: false });
+                    items.push(WriteItem::Publish {
+                        outgoing,
+                        packet_id: None,
+                        dup: false,
+                    });
                 }
             } else {
                 if state.inflight.len() >= self.max_inflight {
                     break;
                 }
-                let Some(outgoing) = state.messages.pop_front() else { break };
+                let Some(outgoing) = state.messages.pop_front() else {
+                    break;
+                };
                 let packet_id = next_free_packet_id(state);
                 state.inflight.push_back(Inflight {
                     packet_id,
                     outgoing: outgoing.clone(),
                     state: InflightState::AwaitingAck,
                 });
-                items.push(WriteItem::Publish { outgoing, packet_id: Some(packet_id), dup: false });
+                items.push(WriteItem::Publish {
+                    outgoing,
+                    packet_id: Some(packet_id),
+                    dup: false,
+                });
             }
             taken += 1;
         }
@@ -270,9 +291,10 @@ impl SessionQueue {
 
     fn complete(&self, packet_id: u16, expected: InflightState, qos: QoS) {
         let mut state = self.lock();
-        let position = state.inflight.iter().position(|i| {
-            i.packet_id == packet_id && i.state == expected && i.outgoing.qos == qos
-        });
+        let position = state
+            .inflight
+            .iter()
+            .position(|i| i.packet_id == packet_id && i.state == expected && i.outgoing.qos == qos);
         if let Some(position) = position {
             state.inflight.remove(position);
             let has_waiting = !state.messages.is_empty();
@@ -391,7 +413,9 @@ impl Session {
     }
 
     pub(crate) fn subscriptions(&self) -> MutexGuard<'_, HashMap<String, QoS>> {
-        self.subscriptions.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.subscriptions
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Installs a fresh kick token for a new connection and returns it.
@@ -465,8 +489,14 @@ mod tests {
     async fn offline_overflow_drops_reliable_messages_with_count() {
         let queue = SessionQueue::new(1, 1);
         let (d0, doff) = (AtomicU64::new(0), AtomicU64::new(0));
-        assert_eq!(queue.push(outgoing(QoS::AtLeastOnce), &d0, &doff).await, PushOutcome::Queued);
-        assert_eq!(queue.push(outgoing(QoS::AtLeastOnce), &d0, &doff).await, PushOutcome::Dropped);
+        assert_eq!(
+            queue.push(outgoing(QoS::AtLeastOnce), &d0, &doff).await,
+            PushOutcome::Queued
+        );
+        assert_eq!(
+            queue.push(outgoing(QoS::AtLeastOnce), &d0, &doff).await,
+            PushOutcome::Dropped
+        );
         assert_eq!(doff.into_inner(), 1);
     }
 
@@ -482,6 +512,13 @@ mod tests {
         queue.go_online();
         items.clear();
         queue.take_batch(&mut items);
-        assert!(matches!(items[0], WriteItem::Publish { dup: true, packet_id: Some(1), .. }));
+        assert!(matches!(
+            items[0],
+            WriteItem::Publish {
+                dup: true,
+                packet_id: Some(1),
+                ..
+            }
+        ));
     }
 }

@@ -87,9 +87,15 @@ pub fn parse_filter(raw: &str) -> Result<ParsedFilter<'_>, TopicError> {
         if group.is_empty() || group.contains(['+', '#']) || filter.is_empty() {
             return Err(TopicError::MalformedShare);
         }
-        return Ok(ParsedFilter { share_group: Some(group), filter });
+        return Ok(ParsedFilter {
+            share_group: Some(group),
+            filter,
+        });
     }
-    Ok(ParsedFilter { share_group: None, filter: raw })
+    Ok(ParsedFilter {
+        share_group: None,
+        filter: raw,
+    })
 }
 
 /// Whether `filter` matches `topic` (both already validated).
@@ -155,7 +161,11 @@ struct Node<V> {
 
 impl<V> Default for Node<V> {
     fn default() -> Self {
-        Node { children: HashMap::new(), subscribers: Vec::new(), groups: Vec::new() }
+        Node {
+            children: HashMap::new(),
+            subscribers: Vec::new(),
+            groups: Vec::new(),
+        }
     }
 }
 
@@ -175,7 +185,10 @@ pub struct TopicTree<V> {
 
 impl<V> Default for TopicTree<V> {
     fn default() -> Self {
-        TopicTree { root: Node::default(), len: 0 }
+        TopicTree {
+            root: Node::default(),
+            len: 0,
+        }
     }
 }
 
@@ -196,7 +209,11 @@ impl<V: Clone> TopicTree<V> {
     /// Adds or replaces the subscription of `sub.id` to `raw_filter`.
     /// [MQTT-3.8.4-3] a repeated subscription replaces the earlier one.
     /// Returns true when it replaced an existing subscription.
-    pub fn subscribe(&mut self, raw_filter: &str, sub: Subscription<V>) -> Result<bool, TopicError> {
+    pub fn subscribe(
+        &mut self,
+        raw_filter: &str,
+        sub: Subscription<V>,
+    ) -> Result<bool, TopicError> {
         let parsed = parse_filter(raw_filter)?;
         let mut node = &mut self.root;
         for level in parsed.filter.split('/') {
@@ -290,7 +307,12 @@ fn visit_node<V>(node: &Node<V>, visit: &mut impl FnMut(&Subscription<V>)) {
     }
 }
 
-fn remove_at<V>(node: &mut Node<V>, levels: &[&str], group: Option<&str>, id: SubscriberId) -> bool {
+fn remove_at<V>(
+    node: &mut Node<V>,
+    levels: &[&str],
+    group: Option<&str>,
+    id: SubscriberId,
+) -> bool {
     let Some((first, rest)) = levels.split_first() else {
         let list = match group {
             None => &mut node.subscribers,
@@ -321,7 +343,11 @@ mod tests {
     use super::*;
 
     fn sub(id: u64) -> Subscription<u64> {
-        Subscription { id: SubscriberId(id), qos: QoS::AtMostOnce, target: id }
+        Subscription {
+            id: SubscriberId(id),
+            qos: QoS::AtMostOnce,
+            target: id,
+        }
     }
 
     fn matches(tree: &TopicTree<u64>, topic: &str) -> Vec<u64> {

@@ -10,7 +10,11 @@ use runnel_broker::codec::{
 };
 
 fn qos() -> impl Strategy<Value = QoS> {
-    prop_oneof![Just(QoS::AtMostOnce), Just(QoS::AtLeastOnce), Just(QoS::ExactlyOnce)]
+    prop_oneof![
+        Just(QoS::AtMostOnce),
+        Just(QoS::AtLeastOnce),
+        Just(QoS::ExactlyOnce)
+    ]
 }
 
 fn text() -> impl Strategy<Value = String> {
@@ -28,8 +32,13 @@ fn payload() -> impl Strategy<Value = Bytes> {
 fn packet() -> impl Strategy<Value = Packet> {
     let id = 1..=u16::MAX;
     prop_oneof![
-        (any::<bool>(), any::<u16>(), text(), proptest::option::of((topic(), payload(), qos(), any::<bool>())),
-         proptest::option::of((text(), proptest::option::of(payload()))))
+        (
+            any::<bool>(),
+            any::<u16>(),
+            text(),
+            proptest::option::of((topic(), payload(), qos(), any::<bool>())),
+            proptest::option::of((text(), proptest::option::of(payload())))
+        )
             .prop_map(|(clean, keep_alive_secs, client_id, will, login)| {
                 let (username, password) = match login {
                     Some((user, password)) => (Some(user), password),
@@ -40,7 +49,12 @@ fn packet() -> impl Strategy<Value = Packet> {
                     clean_session: clean,
                     keep_alive_secs,
                     client_id,
-                    will: will.map(|(topic, payload, qos, retain)| LastWill { topic, payload, qos, retain }),
+                    will: will.map(|(topic, payload, qos, retain)| LastWill {
+                        topic,
+                        payload,
+                        qos,
+                        retain,
+                    }),
                     username,
                     password,
                 })
@@ -49,26 +63,44 @@ fn packet() -> impl Strategy<Value = Packet> {
             session_present,
             code: ConnectReturnCode::from_u8(code).unwrap(),
         })),
-        (qos(), any::<bool>(), any::<bool>(), topic(), id.clone(), payload()).prop_map(
-            |(qos, dup, retain, topic, id, payload)| Packet::Publish(Publish {
-                dup: dup && qos != QoS::AtMostOnce,
-                qos,
-                retain,
-                topic,
-                packet_id: (qos != QoS::AtMostOnce).then_some(id),
-                payload,
-            })
-        ),
+        (
+            qos(),
+            any::<bool>(),
+            any::<bool>(),
+            topic(),
+            id.clone(),
+            payload()
+        )
+            .prop_map(
+                |(qos, dup, retain, topic, id, payload)| Packet::Publish(Publish {
+                    dup: dup && qos != QoS::AtMostOnce,
+                    qos,
+                    retain,
+                    topic,
+                    packet_id: (qos != QoS::AtMostOnce).then_some(id),
+                    payload,
+                })
+            ),
         id.clone().prop_map(Packet::PubAck),
         id.clone().prop_map(Packet::PubRec),
         id.clone().prop_map(Packet::PubRel),
         id.clone().prop_map(Packet::PubComp),
         (id.clone(), proptest::collection::vec((text(), qos()), 1..5))
             .prop_map(|(packet_id, filters)| Packet::Subscribe(Subscribe { packet_id, filters })),
-        (id.clone(), proptest::collection::vec(prop_oneof![qos().prop_map(SubAckCode::Granted), Just(SubAckCode::Failure)], 0..5))
+        (
+            id.clone(),
+            proptest::collection::vec(
+                prop_oneof![
+                    qos().prop_map(SubAckCode::Granted),
+                    Just(SubAckCode::Failure)
+                ],
+                0..5
+            )
+        )
             .prop_map(|(packet_id, codes)| Packet::SubAck(SubAck { packet_id, codes })),
-        (id.clone(), proptest::collection::vec(text(), 1..5))
-            .prop_map(|(packet_id, filters)| Packet::Unsubscribe(Unsubscribe { packet_id, filters })),
+        (id.clone(), proptest::collection::vec(text(), 1..5)).prop_map(|(packet_id, filters)| {
+            Packet::Unsubscribe(Unsubscribe { packet_id, filters })
+        }),
         id.prop_map(Packet::UnsubAck),
         Just(Packet::PingReq),
         Just(Packet::PingResp),

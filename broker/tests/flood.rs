@@ -32,7 +32,8 @@ async fn slow_subscriber_flood_is_bounded_and_loses_no_qos1() {
     // QoS 0 flood: never blocks the publisher, overflow is dropped and counted.
     let mut qos0 = RawClient::connect(addr, "qos0").await;
     for _ in 0..3000 {
-        qos0.publish("flood", &[0u8; PAYLOAD], QoS::AtMostOnce, false, 0).await;
+        qos0.publish("flood", &[0u8; PAYLOAD], QoS::AtMostOnce, false, 0)
+            .await;
     }
     qos0.sync().await;
     let after_qos0 = broker.metrics();

@@ -16,9 +16,16 @@ async fn in_process_and_tcp_exchange_messages() {
     let mut tcp = RawClient::connect(addr, "device").await;
     tcp.subscribe("car-iotp/location", QoS::AtLeastOnce).await;
 
-    tcp.publish("car-iotp", b"{\"d\":{}}", QoS::AtLeastOnce, false, 1).await;
-    let delivery = tokio::time::timeout(WAIT, local.recv()).await.unwrap().unwrap();
-    assert_eq!((&*delivery.topic, delivery.qos), ("car-iotp", QoS::AtLeastOnce));
+    tcp.publish("car-iotp", b"{\"d\":{}}", QoS::AtLeastOnce, false, 1)
+        .await;
+    let delivery = tokio::time::timeout(WAIT, local.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (&*delivery.topic, delivery.qos),
+        ("car-iotp", QoS::AtLeastOnce)
+    );
 
     broker
         .publish(Publish::new("car-iotp/location", "{}").with_qos(QoS::AtLeastOnce))
@@ -30,13 +37,23 @@ async fn in_process_and_tcp_exchange_messages() {
 
 #[tokio::test]
 async fn local_qos1_is_back_pressured_and_qos0_overflow_counted() {
-    let broker = Broker::new(BrokerConfig { max_queued_per_client: 2, ..config() }).unwrap();
+    let broker = Broker::new(BrokerConfig {
+        max_queued_per_client: 2,
+        ..config()
+    })
+    .unwrap();
     let mut reliable = broker.subscribe("r", QoS::AtLeastOnce).unwrap();
     for _ in 0..2 {
-        broker.publish(Publish::new("r", "x").with_qos(QoS::AtLeastOnce)).await.unwrap();
+        broker
+            .publish(Publish::new("r", "x").with_qos(QoS::AtLeastOnce))
+            .await
+            .unwrap();
     }
     let mut third = pin!(broker.publish(Publish::new("r", "3").with_qos(QoS::AtLeastOnce)));
-    assert!(futures::poll!(third.as_mut()).is_pending(), "full queue must back-pressure");
+    assert!(
+        futures::poll!(third.as_mut()).is_pending(),
+        "full queue must back-pressure"
+    );
     reliable.recv().await.unwrap();
     third.await.unwrap();
 
@@ -50,16 +67,25 @@ async fn local_qos1_is_back_pressured_and_qos0_overflow_counted() {
 #[tokio::test]
 async fn retained_first_properties_kept_and_shutdown_ends_subscriptions() {
     let broker = Broker::new(config()).unwrap();
-    broker.publish(Publish::new("cfg", "v1").with_retain(true)).await.unwrap();
+    broker
+        .publish(Publish::new("cfg", "v1").with_retain(true))
+        .await
+        .unwrap();
     let mut sub = broker.subscribe("#", QoS::AtMostOnce).unwrap();
     let first = sub.recv().await.unwrap();
     assert!(first.retain);
     let mut message = Publish::new("req", "ping");
     message.properties.response_topic = Some("reply".into());
-    message.properties.user_properties.push(("k".into(), "v".into()));
+    message
+        .properties
+        .user_properties
+        .push(("k".into(), "v".into()));
     broker.publish(message).await.unwrap();
     let delivery = sub.recv().await.unwrap();
-    assert_eq!(delivery.properties.unwrap().response_topic.as_deref(), Some("reply"));
+    assert_eq!(
+        delivery.properties.unwrap().response_topic.as_deref(),
+        Some("reply")
+    );
     assert!(broker.publish(Publish::new("a/+", "bad")).await.is_err());
     broker.shutdown().await.unwrap();
     assert_eq!(sub.recv().await, None);

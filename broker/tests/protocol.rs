@@ -22,7 +22,9 @@ async fn mqtt_3_1_0_1_first_packet_must_be_connect() {
 async fn mqtt_3_1_0_2_second_connect_closes() {
     let (_broker, addr) = start(config()).await;
     let mut client = RawClient::connect(addr, "twice").await;
-    client.send(&Packet::Connect(connect_packet("twice", true))).await;
+    client
+        .send(&Packet::Connect(connect_packet("twice", true)))
+        .await;
     assert!(client.closed_by_broker().await);
 }
 
@@ -33,7 +35,10 @@ async fn mqtt_3_1_2_2_unsupported_level_gets_connack_1() {
     let mut connect = connect_packet("v5", true);
     connect.protocol_level = 5;
     client.send(&Packet::Connect(connect)).await;
-    let expected = ConnAck { session_present: false, code: ConnectReturnCode::UnacceptableProtocolVersion };
+    let expected = ConnAck {
+        session_present: false,
+        code: ConnectReturnCode::UnacceptableProtocolVersion,
+    };
     assert_eq!(client.recv().await, Some(Packet::ConnAck(expected)));
     assert!(client.closed_by_broker().await);
 }
@@ -42,8 +47,13 @@ async fn mqtt_3_1_2_2_unsupported_level_gets_connack_1() {
 async fn mqtt_3_1_3_8_empty_id_with_persistent_session_refused() {
     let (_broker, addr) = start(config()).await;
     let mut client = RawClient::open(addr).await;
-    client.send(&Packet::Connect(connect_packet("", false))).await;
-    let expected = ConnAck { session_present: false, code: ConnectReturnCode::IdentifierRejected };
+    client
+        .send(&Packet::Connect(connect_packet("", false)))
+        .await;
+    let expected = ConnAck {
+        session_present: false,
+        code: ConnectReturnCode::IdentifierRejected,
+    };
     assert_eq!(client.recv().await, Some(Packet::ConnAck(expected)));
     // [MQTT-3.1.3-6] an empty id with a clean session is given one.
     RawClient::connect(addr, "").await;
@@ -53,15 +63,23 @@ async fn mqtt_3_1_3_8_empty_id_with_persistent_session_refused() {
 async fn mqtt_3_3_1_4_publish_with_qos_3_closes() {
     let (_broker, addr) = start(config()).await;
     let mut client = RawClient::connect(addr, "q3").await;
-    client.send_raw(&[0x36, 0x05, 0x00, 0x01, b'a', 0x00, 0x01]).await;
+    client
+        .send_raw(&[0x36, 0x05, 0x00, 0x01, b'a', 0x00, 0x01])
+        .await;
     assert!(client.closed_by_broker().await);
 }
 
 #[tokio::test]
 async fn oversized_packet_closes_and_broker_keeps_accepting() {
-    let (broker, addr) = start(BrokerConfig { max_packet_size: 1024, ..config() }).await;
+    let (broker, addr) = start(BrokerConfig {
+        max_packet_size: 1024,
+        ..config()
+    })
+    .await;
     let mut client = RawClient::connect(addr, "big").await;
-    client.publish("t", &[7u8; 2000], QoS::AtMostOnce, false, 0).await;
+    client
+        .publish("t", &[7u8; 2000], QoS::AtMostOnce, false, 0)
+        .await;
     assert!(client.closed_by_broker().await);
     assert!(broker.metrics().protocol_errors >= 1);
     RawClient::connect(addr, "after").await;
@@ -69,7 +87,11 @@ async fn oversized_packet_closes_and_broker_keeps_accepting() {
 
 #[tokio::test]
 async fn connect_timeout_closes_silent_connection() {
-    let (_broker, addr) = start(BrokerConfig { connect_timeout: Duration::from_millis(200), ..config() }).await;
+    let (_broker, addr) = start(BrokerConfig {
+        connect_timeout: Duration::from_millis(200),
+        ..config()
+    })
+    .await;
     let mut client = RawClient::open(addr).await;
     assert!(client.closed_by_broker().await);
 }
@@ -90,16 +112,21 @@ async fn mqtt_3_1_2_24_keep_alive_expiry_closes_and_sends_will() {
 
 #[tokio::test]
 async fn max_connections_refuses_extra_then_recovers() {
-    let (broker, addr) = start(BrokerConfig { max_connections: 2, ..config() }).await;
+    let (broker, addr) = start(BrokerConfig {
+        max_connections: 2,
+        ..config()
+    })
+    .await;
     let first = RawClient::connect(addr, "one").await;
     let _second = RawClient::connect(addr, "two").await;
     let mut third = RawClient::open(addr).await;
-    third.send_raw(&{
-        let mut out = bytes::BytesMut::new();
-        runnel_broker::codec::encode(&Packet::Connect(connect_packet("three", true)), &mut out);
-        out
-    })
-    .await;
+    third
+        .send_raw(&{
+            let mut out = bytes::BytesMut::new();
+            runnel_broker::codec::encode(&Packet::Connect(connect_packet("three", true)), &mut out);
+            out
+        })
+        .await;
     assert!(third.closed_by_broker().await);
     assert!(broker.metrics().connections_refused >= 1);
     drop(first);
@@ -107,7 +134,9 @@ async fn max_connections_refuses_extra_then_recovers() {
     let mut accepted = false;
     for _ in 0..100 {
         let mut retry = RawClient::open(addr).await;
-        retry.send(&Packet::Connect(connect_packet("four", true))).await;
+        retry
+            .send(&Packet::Connect(connect_packet("four", true)))
+            .await;
         if let Some(Packet::ConnAck(_)) = retry.recv().await {
             accepted = true;
             break;
@@ -123,15 +152,28 @@ async fn qos_0_1_2_flow_in_both_directions() {
     let mut subscriber = RawClient::connect(addr, "sub").await;
     let suback = subscriber.subscribe("q/+", QoS::ExactlyOnce).await;
     // [MQTT-3.8.4-1] [MQTT-3.9.3-1]
-    assert_eq!(suback, Packet::SubAck(SubAck { packet_id: 1, codes: vec![SubAckCode::Granted(QoS::ExactlyOnce)] }));
+    assert_eq!(
+        suback,
+        Packet::SubAck(SubAck {
+            packet_id: 1,
+            codes: vec![SubAckCode::Granted(QoS::ExactlyOnce)]
+        })
+    );
     let mut publisher = RawClient::connect(addr, "pub").await;
 
-    publisher.publish("q/0", b"zero", QoS::AtMostOnce, false, 0).await;
+    publisher
+        .publish("q/0", b"zero", QoS::AtMostOnce, false, 0)
+        .await;
     let p = subscriber.next_publish().await;
-    assert_eq!((p.qos, p.packet_id, &p.payload[..]), (QoS::AtMostOnce, None, &b"zero"[..]));
+    assert_eq!(
+        (p.qos, p.packet_id, &p.payload[..]),
+        (QoS::AtMostOnce, None, &b"zero"[..])
+    );
 
     // [MQTT-4.3.2-2] PUBACK for QoS 1.
-    publisher.publish("q/1", b"one", QoS::AtLeastOnce, false, 11).await;
+    publisher
+        .publish("q/1", b"one", QoS::AtLeastOnce, false, 11)
+        .await;
     assert_eq!(publisher.recv().await, Some(Packet::PubAck(11)));
     let p = subscriber.next_publish().await;
     assert_eq!(p.qos, QoS::AtLeastOnce);
@@ -139,7 +181,9 @@ async fn qos_0_1_2_flow_in_both_directions() {
     subscriber.send(&Packet::PubAck(id)).await;
 
     // [MQTT-4.3.3-2] PUBREC, then PUBCOMP after PUBREL.
-    publisher.publish("q/2", b"two", QoS::ExactlyOnce, false, 12).await;
+    publisher
+        .publish("q/2", b"two", QoS::ExactlyOnce, false, 12)
+        .await;
     assert_eq!(publisher.recv().await, Some(Packet::PubRec(12)));
     publisher.send(&Packet::PubRel(12)).await;
     assert_eq!(publisher.recv().await, Some(Packet::PubComp(12)));
@@ -159,8 +203,12 @@ async fn mqtt_4_3_3_2_duplicate_qos2_publish_is_delivered_once() {
     let mut subscriber = RawClient::connect(addr, "sub").await;
     subscriber.subscribe("d", QoS::AtMostOnce).await;
     let mut publisher = RawClient::connect(addr, "pub").await;
-    publisher.publish("d", b"x", QoS::ExactlyOnce, false, 5).await;
-    publisher.publish("d", b"x", QoS::ExactlyOnce, false, 5).await;
+    publisher
+        .publish("d", b"x", QoS::ExactlyOnce, false, 5)
+        .await;
+    publisher
+        .publish("d", b"x", QoS::ExactlyOnce, false, 5)
+        .await;
     assert_eq!(publisher.recv().await, Some(Packet::PubRec(5)));
     assert_eq!(publisher.recv().await, Some(Packet::PubRec(5)));
     publisher.sync().await;
@@ -176,7 +224,9 @@ async fn subscription_qos_caps_delivery_qos() {
     let mut subscriber = RawClient::connect(addr, "sub").await;
     subscriber.subscribe("cap", QoS::AtMostOnce).await;
     let mut publisher = RawClient::connect(addr, "pub").await;
-    publisher.publish("cap", b"x", QoS::AtLeastOnce, false, 1).await;
+    publisher
+        .publish("cap", b"x", QoS::AtLeastOnce, false, 1)
+        .await;
     assert_eq!(subscriber.next_publish().await.qos, QoS::AtMostOnce);
 }
 
@@ -184,8 +234,12 @@ async fn subscription_qos_caps_delivery_qos() {
 async fn retained_set_replace_clear_and_delivery_flags() {
     let (broker, addr) = start(config()).await;
     let mut publisher = RawClient::connect(addr, "pub").await;
-    publisher.publish("r/t", b"first", QoS::AtLeastOnce, true, 1).await;
-    publisher.publish("r/t", b"second", QoS::AtLeastOnce, true, 2).await;
+    publisher
+        .publish("r/t", b"first", QoS::AtLeastOnce, true, 1)
+        .await;
+    publisher
+        .publish("r/t", b"second", QoS::AtLeastOnce, true, 2)
+        .await;
     publisher.sync().await;
 
     // [MQTT-3.3.1-5] [MQTT-3.3.1-6] [MQTT-3.3.1-8] only the latest, retain 1.
@@ -196,12 +250,16 @@ async fn retained_set_replace_clear_and_delivery_flags() {
     late.send(&Packet::PubAck(p.packet_id.unwrap())).await;
 
     // [MQTT-3.3.1-9] forwarded to existing subscribers with retain 0.
-    publisher.publish("r/t", b"third", QoS::AtMostOnce, true, 0).await;
+    publisher
+        .publish("r/t", b"third", QoS::AtMostOnce, true, 0)
+        .await;
     let p = late.next_publish().await;
     assert_eq!((&p.payload[..], p.retain), (&b"third"[..], false));
 
     // [MQTT-3.3.1-10] [MQTT-3.3.1-11] an empty retained payload clears it.
-    publisher.publish("r/t", b"", QoS::AtMostOnce, true, 0).await;
+    publisher
+        .publish("r/t", b"", QoS::AtMostOnce, true, 0)
+        .await;
     publisher.sync().await;
     assert_eq!(broker.metrics().retained_messages, 0);
     let mut later = RawClient::connect(addr, "later").await;
@@ -234,7 +292,8 @@ async fn mqtt_3_1_2_8_will_sent_on_abnormal_close_not_on_disconnect() {
 #[tokio::test]
 async fn persistent_session_queues_qos1_while_offline() {
     let (_broker, addr) = start(config()).await;
-    let (mut client, present) = RawClient::connect_with(addr, connect_packet("keeper", false)).await;
+    let (mut client, present) =
+        RawClient::connect_with(addr, connect_packet("keeper", false)).await;
     // [MQTT-3.2.2-3] no session yet.
     assert!(!present);
     client.subscribe("jobs", QoS::AtLeastOnce).await;
@@ -242,12 +301,17 @@ async fn persistent_session_queues_qos1_while_offline() {
     assert!(client.closed_by_broker().await);
 
     let mut publisher = RawClient::connect(addr, "pub").await;
-    publisher.publish("jobs", b"while-away", QoS::AtLeastOnce, false, 1).await;
-    publisher.publish("jobs", b"qos0-not-queued", QoS::AtMostOnce, false, 0).await;
+    publisher
+        .publish("jobs", b"while-away", QoS::AtLeastOnce, false, 1)
+        .await;
+    publisher
+        .publish("jobs", b"qos0-not-queued", QoS::AtMostOnce, false, 0)
+        .await;
     publisher.sync().await;
 
     // [MQTT-3.1.2-4] [MQTT-3.2.2-2] the session is resumed with its messages.
-    let (mut client, present) = RawClient::connect_with(addr, connect_packet("keeper", false)).await;
+    let (mut client, present) =
+        RawClient::connect_with(addr, connect_packet("keeper", false)).await;
     assert!(present);
     let p = client.next_publish().await;
     assert_eq!(&p.payload[..], b"while-away");
@@ -266,13 +330,16 @@ async fn mqtt_4_4_0_1_unacknowledged_publish_resent_with_dup_on_reconnect() {
     let (mut client, _) = RawClient::connect_with(addr, connect_packet("forgetful", false)).await;
     client.subscribe("r", QoS::AtLeastOnce).await;
     let mut publisher = RawClient::connect(addr, "pub").await;
-    publisher.publish("r", b"x", QoS::AtLeastOnce, false, 1).await;
+    publisher
+        .publish("r", b"x", QoS::AtLeastOnce, false, 1)
+        .await;
     let first = client.next_publish().await;
     assert!(!first.dup);
     drop(client);
     let mut resumed = None;
     for _ in 0..100 {
-        let (mut client, present) = RawClient::connect_with(addr, connect_packet("forgetful", false)).await;
+        let (mut client, present) =
+            RawClient::connect_with(addr, connect_packet("forgetful", false)).await;
         if present {
             resumed = Some(client.next_publish().await);
             break;
@@ -301,7 +368,9 @@ async fn shared_subscription_splits_messages_between_members() {
     b.subscribe("$share/workers/jobs/+", QoS::AtMostOnce).await;
     let mut publisher = RawClient::connect(addr, "pub").await;
     for i in 0..10u8 {
-        publisher.publish("jobs/x", &[i], QoS::AtMostOnce, false, 0).await;
+        publisher
+            .publish("jobs/x", &[i], QoS::AtMostOnce, false, 0)
+            .await;
     }
     publisher.sync().await;
     let got_a = a.sync().await.len();
@@ -319,11 +388,26 @@ async fn wildcards_and_dollar_topics() {
     sys.subscribe("$SYS/#", QoS::AtMostOnce).await;
     let mut plus = RawClient::connect(addr, "plus").await;
     plus.subscribe("a/+/c", QoS::AtMostOnce).await;
-    broker.publish(runnel_broker::Publish::new("$SYS/broker/test", "1")).await.unwrap();
-    broker.publish(runnel_broker::Publish::new("a/b/c", "2")).await.unwrap();
-    broker.publish(runnel_broker::Publish::new("a/b/c/d", "3")).await.unwrap();
+    broker
+        .publish(runnel_broker::Publish::new("$SYS/broker/test", "1"))
+        .await
+        .unwrap();
+    broker
+        .publish(runnel_broker::Publish::new("a/b/c", "2"))
+        .await
+        .unwrap();
+    broker
+        .publish(runnel_broker::Publish::new("a/b/c/d", "3"))
+        .await
+        .unwrap();
     let topics = |packets: Vec<Packet>| -> Vec<String> {
-        packets.into_iter().filter_map(|p| match p { Packet::Publish(p) => Some(p.topic), _ => None }).collect()
+        packets
+            .into_iter()
+            .filter_map(|p| match p {
+                Packet::Publish(p) => Some(p.topic),
+                _ => None,
+            })
+            .collect()
     };
     assert_eq!(topics(all.sync().await), vec!["a/b/c", "a/b/c/d"]);
     assert_eq!(topics(sys.sync().await), vec!["$SYS/broker/test"]);
@@ -333,10 +417,21 @@ async fn wildcards_and_dollar_topics() {
 fn secured() -> BrokerConfig {
     BrokerConfig {
         allow_anonymous: false,
-        users: vec![UserConfig { username: "alice".into(), password: "secret".into() }],
+        users: vec![UserConfig {
+            username: "alice".into(),
+            password: "secret".into(),
+        }],
         acl: vec![
-            AclRule { username: Some("alice".into()), topic: "cars/%u/#".into(), access: Access::Both },
-            AclRule { username: None, topic: "public/#".into(), access: Access::Subscribe },
+            AclRule {
+                username: Some("alice".into()),
+                topic: "cars/%u/#".into(),
+                access: Access::Both,
+            },
+            AclRule {
+                username: None,
+                topic: "public/#".into(),
+                access: Access::Subscribe,
+            },
         ],
         ..config()
     }
@@ -350,13 +445,21 @@ async fn mqtt_3_2_2_bad_credentials_get_connack_4_and_anonymous_5() {
     bad.password = Some(Bytes::from_static(b"wrong"));
     let mut client = RawClient::open(addr).await;
     client.send(&Packet::Connect(bad)).await;
-    let refused = ConnAck { session_present: false, code: ConnectReturnCode::BadUsernameOrPassword };
+    let refused = ConnAck {
+        session_present: false,
+        code: ConnectReturnCode::BadUsernameOrPassword,
+    };
     assert_eq!(client.recv().await, Some(Packet::ConnAck(refused)));
     assert!(client.closed_by_broker().await);
 
     let mut anonymous = RawClient::open(addr).await;
-    anonymous.send(&Packet::Connect(connect_packet("anon", true))).await;
-    let refused = ConnAck { session_present: false, code: ConnectReturnCode::NotAuthorized };
+    anonymous
+        .send(&Packet::Connect(connect_packet("anon", true)))
+        .await;
+    let refused = ConnAck {
+        session_present: false,
+        code: ConnectReturnCode::NotAuthorized,
+    };
     assert_eq!(anonymous.recv().await, Some(Packet::ConnAck(refused)));
 }
 
@@ -368,16 +471,31 @@ async fn acl_denies_subscribe_with_0x80_and_drops_denied_publish() {
     login.password = Some(Bytes::from_static(b"secret"));
     let (mut alice, _) = RawClient::connect_with(addr, login).await;
     let denied = alice.subscribe("cars/bob/#", QoS::AtMostOnce).await;
-    assert_eq!(denied, Packet::SubAck(SubAck { packet_id: 1, codes: vec![SubAckCode::Failure] }));
+    assert_eq!(
+        denied,
+        Packet::SubAck(SubAck {
+            packet_id: 1,
+            codes: vec![SubAckCode::Failure]
+        })
+    );
     alice.subscribe("cars/alice/#", QoS::AtMostOnce).await;
-    alice.publish("cars/alice/gps", b"ok", QoS::AtMostOnce, false, 0).await;
+    alice
+        .publish("cars/alice/gps", b"ok", QoS::AtMostOnce, false, 0)
+        .await;
     assert_eq!(alice.next_publish().await.topic, "cars/alice/gps");
     let mut watcher = broker.subscribe("#", QoS::AtMostOnce).unwrap();
-    alice.publish("cars/bob/gps", b"no", QoS::AtLeastOnce, false, 3).await;
+    alice
+        .publish("cars/bob/gps", b"no", QoS::AtLeastOnce, false, 3)
+        .await;
     // Acknowledged (3.1.1 cannot refuse) but not delivered.
     assert_eq!(alice.recv().await, Some(Packet::PubAck(3)));
-    alice.publish("cars/alice/end", b"marker", QoS::AtMostOnce, false, 0).await;
-    let next = tokio::time::timeout(common::WAIT, watcher.recv()).await.unwrap().unwrap();
+    alice
+        .publish("cars/alice/end", b"marker", QoS::AtMostOnce, false, 0)
+        .await;
+    let next = tokio::time::timeout(common::WAIT, watcher.recv())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(&*next.topic, "cars/alice/end");
     assert_eq!(broker.metrics().publish_denied, 1);
 }

@@ -19,7 +19,10 @@ pub fn decode(buf: &mut BytesMut, max_packet_size: usize) -> Result<Option<Packe
     };
     let total = header_len + remaining_len;
     if total > max_packet_size {
-        return Err(CodecError::PacketTooLarge { size: total, max: max_packet_size });
+        return Err(CodecError::PacketTooLarge {
+            size: total,
+            max: max_packet_size,
+        });
     }
     if buf.len() < total {
         buf.reserve(total - buf.len());
@@ -69,10 +72,16 @@ fn decode_body(packet_type: u8, flags: u8, mut body: Bytes) -> Result<Packet, Co
             let ack_flags = read_u8(&mut body)?;
             let code = read_u8(&mut body)?;
             if ack_flags & 0xfe != 0 {
-                return Err(CodecError::InvalidFlags { packet_type, flags: ack_flags });
+                return Err(CodecError::InvalidFlags {
+                    packet_type,
+                    flags: ack_flags,
+                });
             }
             let code = ConnectReturnCode::from_u8(code).ok_or(CodecError::Truncated)?;
-            Packet::ConnAck(ConnAck { session_present: ack_flags & 1 == 1, code })
+            Packet::ConnAck(ConnAck {
+                session_present: ack_flags & 1 == 1,
+                code,
+            })
         }
         3 => Packet::Publish(decode_publish(flags, &mut body)?),
         4 => Packet::PubAck(read_packet_id(&mut body)?),
@@ -157,12 +166,25 @@ fn decode_connect(body: &mut Bytes) -> Result<Connect, CodecError> {
         validate_topic_name(&topic)?;
         let payload = read_binary(body)?;
         let qos = QoS::from_u8(will_qos).ok_or(CodecError::InvalidQoS(will_qos))?;
-        Some(LastWill { topic, payload, qos, retain: will_retain })
+        Some(LastWill {
+            topic,
+            payload,
+            qos,
+            retain: will_retain,
+        })
     } else {
         None
     };
-    let username = if username_flag { Some(read_string(body)?) } else { None };
-    let password = if password_flag { Some(read_binary(body)?) } else { None };
+    let username = if username_flag {
+        Some(read_string(body)?)
+    } else {
+        None
+    };
+    let password = if password_flag {
+        Some(read_binary(body)?)
+    } else {
+        None
+    };
     Ok(Connect {
         protocol_level,
         clean_session,
@@ -181,14 +203,28 @@ fn decode_publish(flags: u8, body: &mut Bytes) -> Result<Publish, CodecError> {
     let qos = QoS::from_u8(qos_bits).ok_or(CodecError::InvalidQoS(qos_bits))?;
     // [MQTT-3.3.1-2] DUP must be 0 for qos 0.
     if dup && qos == QoS::AtMostOnce {
-        return Err(CodecError::InvalidFlags { packet_type: 3, flags });
+        return Err(CodecError::InvalidFlags {
+            packet_type: 3,
+            flags,
+        });
     }
     let retain = flags & 0b0001 != 0;
     let topic = read_string(body)?;
     validate_topic_name(&topic)?;
-    let packet_id = if qos == QoS::AtMostOnce { None } else { Some(read_packet_id(body)?) };
+    let packet_id = if qos == QoS::AtMostOnce {
+        None
+    } else {
+        Some(read_packet_id(body)?)
+    };
     let payload = std::mem::take(body);
-    Ok(Publish { dup, qos, retain, topic, packet_id, payload })
+    Ok(Publish {
+        dup,
+        qos,
+        retain,
+        topic,
+        packet_id,
+        payload,
+    })
 }
 
 fn decode_subscribe(body: &mut Bytes) -> Result<Subscribe, CodecError> {

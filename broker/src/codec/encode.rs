@@ -21,7 +21,11 @@ pub fn encode(packet: &Packet, out: &mut BytesMut) {
         Packet::PubRel(id) => encode_ack(0x62, *id, out),
         Packet::PubComp(id) => encode_ack(0x70, *id, out),
         Packet::Subscribe(subscribe) => {
-            let len = 2 + subscribe.filters.iter().map(|(f, _)| 3 + f.len()).sum::<usize>();
+            let len = 2 + subscribe
+                .filters
+                .iter()
+                .map(|(f, _)| 3 + f.len())
+                .sum::<usize>();
             out.put_u8(0x82);
             put_remaining_length(len, out);
             out.put_u16(subscribe.packet_id);
@@ -42,7 +46,11 @@ pub fn encode(packet: &Packet, out: &mut BytesMut) {
             }
         }
         Packet::Unsubscribe(unsubscribe) => {
-            let len = 2 + unsubscribe.filters.iter().map(|f| 2 + f.len()).sum::<usize>();
+            let len = 2 + unsubscribe
+                .filters
+                .iter()
+                .map(|f| 2 + f.len())
+                .sum::<usize>();
             out.put_u8(0xa2);
             put_remaining_length(len, out);
             out.put_u16(unsubscribe.packet_id);
@@ -94,7 +102,11 @@ fn encode_publish(publish: &Publish, out: &mut BytesMut) {
 }
 
 fn encode_connect(connect: &Connect, out: &mut BytesMut) {
-    let protocol_name = if connect.protocol_level == 3 { "MQIsdp" } else { "MQTT" };
+    let protocol_name = if connect.protocol_level == 3 {
+        "MQIsdp"
+    } else {
+        "MQTT"
+    };
     let mut flags = 0u8;
     let mut len = 2 + protocol_name.len() + 1 + 1 + 2 + 2 + connect.client_id.len();
     if connect.clean_session {
@@ -153,7 +165,10 @@ fn put_remaining_length(mut len: usize, out: &mut BytesMut) {
 }
 
 fn clamp(text: &str) -> &str {
-    debug_assert!(text.len() <= usize::from(u16::MAX), "string too long to encode");
+    debug_assert!(
+        text.len() <= usize::from(u16::MAX),
+        "string too long to encode"
+    );
     if text.len() <= usize::from(u16::MAX) {
         return text;
     }

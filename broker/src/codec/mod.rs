@@ -14,7 +14,7 @@ pub use decode::decode;
 pub use encode::encode;
 pub(crate) use encode::encode_publish_parts;
 pub use packet::{
-    ConnAck, ConnectReturnCode, Connect, LastWill, Packet, Publish, QoS, SubAck, SubAckCode,
+    ConnAck, Connect, ConnectReturnCode, LastWill, Packet, Publish, QoS, SubAck, SubAckCode,
     Subscribe, Unsubscribe,
 };
 

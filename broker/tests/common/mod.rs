@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use runnel_broker::codec::{self, ConnAck, Connect, ConnectReturnCode, LastWill, Packet, Publish, QoS, Subscribe};
+use runnel_broker::codec::{
+    self, ConnAck, Connect, ConnectReturnCode, LastWill, Packet, Publish, QoS, Subscribe,
+};
 use runnel_broker::{Broker, BrokerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -15,7 +17,10 @@ use tokio::net::{TcpListener, TcpStream};
 pub const WAIT: Duration = Duration::from_secs(10);
 
 pub fn config() -> BrokerConfig {
-    BrokerConfig { sys_interval: None, ..BrokerConfig::default() }
+    BrokerConfig {
+        sys_interval: None,
+        ..BrokerConfig::default()
+    }
 }
 
 pub async fn start(config: BrokerConfig) -> (Broker, SocketAddr) {
@@ -43,13 +48,21 @@ pub fn connect_packet(client_id: &str, clean: bool) -> Connect {
 }
 
 pub fn will(topic: &str, payload: &'static [u8], qos: QoS) -> LastWill {
-    LastWill { topic: topic.into(), payload: Bytes::from_static(payload), qos, retain: false }
+    LastWill {
+        topic: topic.into(),
+        payload: Bytes::from_static(payload),
+        qos,
+        retain: false,
+    }
 }
 
 impl RawClient {
     pub async fn open(addr: SocketAddr) -> RawClient {
         let stream = TcpStream::connect(addr).await.unwrap();
-        RawClient { stream, buf: BytesMut::new() }
+        RawClient {
+            stream,
+            buf: BytesMut::new(),
+        }
     }
 
     /// Opens, sends CONNECT, expects CONNACK 0 and returns (client, session present).
@@ -57,15 +70,18 @@ impl RawClient {
         let mut client = RawClient::open(addr).await;
         client.send(&Packet::Connect(connect)).await;
         match client.recv().await {
-            Some(Packet::ConnAck(ConnAck { code: ConnectReturnCode::Accepted, session_present })) => {
-                (client, session_present)
-            }
+            Some(Packet::ConnAck(ConnAck {
+                code: ConnectReturnCode::Accepted,
+                session_present,
+            })) => (client, session_present),
             other => panic!("expected CONNACK 0, got {other:?}"),
         }
     }
 
     pub async fn connect(addr: SocketAddr, client_id: &str) -> RawClient {
-        RawClient::connect_with(addr, connect_packet(client_id, true)).await.0
+        RawClient::connect_with(addr, connect_packet(client_id, true))
+            .await
+            .0
     }
 
     pub async fn send(&mut self, packet: &Packet) {
@@ -81,7 +97,9 @@ impl RawClient {
 
     /// Next packet, `None` on EOF or reset. Panics after `WAIT`.
     pub async fn recv(&mut self) -> Option<Packet> {
-        tokio::time::timeout(WAIT, self.recv_inner()).await.expect("no packet within WAIT")
+        tokio::time::timeout(WAIT, self.recv_inner())
+            .await
+            .expect("no packet within WAIT")
     }
 
     async fn recv_inner(&mut self) -> Option<Packet> {
@@ -99,16 +117,17 @@ impl RawClient {
     /// True if the broker closes the connection (EOF or reset) within `WAIT`,
     /// ignoring packets received meanwhile.
     pub async fn closed_by_broker(&mut self) -> bool {
-        tokio::time::timeout(WAIT, async {
-            while self.recv_inner().await.is_some() {}
-        })
-        .await
-        .is_ok()
+        tokio::time::timeout(WAIT, async { while self.recv_inner().await.is_some() {} })
+            .await
+            .is_ok()
     }
 
     pub async fn subscribe(&mut self, filter: &str, qos: QoS) -> Packet {
-        self.send(&Packet::Subscribe(Subscribe { packet_id: 1, filters: vec![(filter.into(), qos)] }))
-            .await;
+        self.send(&Packet::Subscribe(Subscribe {
+            packet_id: 1,
+            filters: vec![(filter.into(), qos)],
+        }))
+        .await;
         self.recv().await.expect("suback")
     }
 
