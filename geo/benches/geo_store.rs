@@ -48,9 +48,16 @@ async fn store_all(store: &Arc<EmbeddedBackend>, docs: Vec<Value>) {
 
 fn bench_store(c: &mut Criterion) {
     const BATCH: usize = 50_000;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(runtime.block_on(EmbeddedBackend::open(dir.path(), options())).unwrap());
+    let store = Arc::new(
+        runtime
+            .block_on(EmbeddedBackend::open(dir.path(), options()))
+            .unwrap(),
+    );
     let mut rng = StdRng::seed_from_u64(7);
     let mut next = 0;
     let mut group = c.benchmark_group("embedded_store");
@@ -74,21 +81,39 @@ fn bench_store(c: &mut Criterion) {
 }
 
 fn bench_query(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(runtime.block_on(EmbeddedBackend::open(dir.path(), options())).unwrap());
+    let store = Arc::new(
+        runtime
+            .block_on(EmbeddedBackend::open(dir.path(), options()))
+            .unwrap(),
+    );
     let mut rng = StdRng::seed_from_u64(11);
     // Loaded through the real, durable store path.
     let started = Instant::now();
     for chunk_start in (0..POINTS).step_by(100_000) {
-        let docs: Vec<Value> = (chunk_start..chunk_start + 100_000).map(|n| device(n, &mut rng)).collect();
+        let docs: Vec<Value> = (chunk_start..chunk_start + 100_000)
+            .map(|n| device(n, &mut rng))
+            .collect();
         runtime.block_on(store_all(&store, docs));
     }
-    eprintln!("loaded {POINTS} points through store() in {:?}", started.elapsed());
+    eprintln!(
+        "loaded {POINTS} points through store() in {:?}",
+        started.elapsed()
+    );
 
     let params = |lat: f64, lon: f64| -> Query {
-        let pairs = [("lat", lat.to_string()), ("lon", lon.to_string()), ("radius", "540".to_owned()), ("limit", "1000".to_owned())];
-        let pairs: Vec<(String, String)> = pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+        let pairs = [
+            ("lat", lat.to_string()),
+            ("lon", lon.to_string()),
+            ("radius", "540".to_owned()),
+            ("limit", "1000".to_owned()),
+        ];
+        let pairs: Vec<(String, String)> =
+            pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
         Query::from_params(&pairs).unwrap()
     };
     let sample = runtime.block_on(store.query(&params(41.5, -87.5))).unwrap();

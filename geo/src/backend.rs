@@ -118,7 +118,11 @@ where
             .collect(),
         None => matching.map(|(key, _)| (0.0, key)).collect(),
     };
-    ranked.sort_by(|left, right| left.0.total_cmp(&right.0).then_with(|| left.1.cmp(&right.1)));
+    ranked.sort_by(|left, right| {
+        left.0
+            .total_cmp(&right.0)
+            .then_with(|| left.1.cmp(&right.1))
+    });
     ranked.dedup_by(|right, left| left.1 == right.1);
     ranked
         .into_iter()

@@ -205,7 +205,12 @@ impl CouchBackend {
     }
 
     /// Coarse candidates for one box: one paged `_find` per size tier.
-    async fn candidates(&self, rect: &Rect<f64>, param: &str, into: &mut BTreeMap<String, Value>) -> GeoResult<()> {
+    async fn candidates(
+        &self,
+        rect: &Rect<f64>,
+        param: &str,
+        into: &mut BTreeMap<String, Value>,
+    ) -> GeoResult<()> {
         for (tier, span) in TIER_SPANS.iter().enumerate() {
             let field = |name: &str| format!("{GEO_FIELD}.{name}");
             let selector = json!({
@@ -230,7 +235,9 @@ impl CouchBackend {
                 if into.len() > MAX_CANDIDATES {
                     return Err(GeoError::query(
                         param,
-                        format!("the query area holds more than {MAX_CANDIDATES} documents; narrow it"),
+                        format!(
+                            "the query area holds more than {MAX_CANDIDATES} documents; narrow it"
+                        ),
                     ));
                 }
                 if rows < PAGE_SIZE {
@@ -256,7 +263,9 @@ impl CouchBackend {
         for (id, doc) in &found {
             match extract_geometry(doc, &self.geo.geometry_path) {
                 Ok(geometry) => geometries.push((id.as_str(), geometry)),
-                Err(error) => tracing::warn!(id = %id, %error, "couchdb document without a usable geometry"),
+                Err(error) => {
+                    tracing::warn!(id = %id, %error, "couchdb document without a usable geometry")
+                }
             }
         }
         let ids: Vec<String> = select(&query, geometries)
@@ -333,7 +342,12 @@ async fn ensure_database(client: &Client, options: &CouchOptions) -> GeoResult<D
         ],
     };
     retry(options, "create index", || {
-        db.insert_index(INDEX_NAME, fields.clone(), None, Some(DESIGN_DOC.to_owned()))
+        db.insert_index(
+            INDEX_NAME,
+            fields.clone(),
+            None,
+            Some(DESIGN_DOC.to_owned()),
+        )
     })
     .await?;
     Ok(db)
@@ -372,7 +386,11 @@ fn is_transient(error: &CouchError) -> bool {
         .is_some_and(|status| status.is_server_error() || matches!(status.as_u16(), 408 | 429))
 }
 
-async fn retry<T, F, Fut>(options: &CouchOptions, action: &'static str, mut attempt_once: F) -> GeoResult<T>
+async fn retry<T, F, Fut>(
+    options: &CouchOptions,
+    action: &'static str,
+    mut attempt_once: F,
+) -> GeoResult<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = CouchResult<T>>,

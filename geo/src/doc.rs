@@ -49,9 +49,9 @@ pub(crate) fn set_path(doc: &mut Value, path: &str, value: Value) -> GeoResult<(
 pub(crate) fn read_id(doc: &Value, id_path: &str) -> GeoResult<Option<String>> {
     match get_path(doc, id_path) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(id)) if id.is_empty() => {
-            Err(GeoError::document(format!("`{id_path}` is an empty string")))
-        }
+        Some(Value::String(id)) if id.is_empty() => Err(GeoError::document(format!(
+            "`{id_path}` is an empty string"
+        ))),
         Some(Value::String(id)) if id.starts_with('_') => Err(GeoError::document(format!(
             "`{id_path}` must not start with `_` (reserved by CouchDB)"
         ))),
@@ -84,7 +84,10 @@ pub(crate) fn next_rev(previous: Option<&str>, body: &[u8]) -> String {
     hasher.update([0]);
     hasher.update(body);
     let digest = hasher.finalize();
-    let hex: String = digest[..16].iter().map(|byte| format!("{byte:02x}")).collect();
+    let hex: String = digest[..16]
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
     format!("{generation}-{hex}")
 }
 
@@ -112,7 +115,10 @@ mod tests {
 
     #[test]
     fn ids_are_strings_or_numbers() {
-        assert_eq!(read_id(&json!({"_id": "a"}), "_id").unwrap(), Some("a".into()));
+        assert_eq!(
+            read_id(&json!({"_id": "a"}), "_id").unwrap(),
+            Some("a".into())
+        );
         assert_eq!(read_id(&json!({"n": 7}), "n").unwrap(), Some("7".into()));
         assert_eq!(read_id(&json!({}), "_id").unwrap(), None);
         assert!(read_id(&json!({"_id": ""}), "_id").is_err());

@@ -41,7 +41,12 @@ pub fn parse_geometry(value: &Value, field: &str) -> GeoResult<Geometry<f64>> {
     if object.contains_key("latitude") || object.contains_key("longitude") {
         let latitude = number(object.get("latitude"), &format!("{field}.latitude"))?;
         let longitude = number(object.get("longitude"), &format!("{field}.longitude"))?;
-        let coord = checked_coord(longitude, latitude, &format!("{field}.longitude"), &format!("{field}.latitude"))?;
+        let coord = checked_coord(
+            longitude,
+            latitude,
+            &format!("{field}.longitude"),
+            &format!("{field}.latitude"),
+        )?;
         return Ok(Geometry::Point(Point(coord)));
     }
     if object.contains_key("type") {
@@ -121,7 +126,10 @@ fn parse_geojson(value: &Value, field: &str, depth: usize) -> GeoResult<Geometry
     };
     if kind == "GeometryCollection" {
         if depth >= MAX_COLLECTION_DEPTH {
-            return Err(GeoError::geometry(field, "GeometryCollection nested too deeply"));
+            return Err(GeoError::geometry(
+                field,
+                "GeometryCollection nested too deeply",
+            ));
         }
         let geometries_field = format!("{field}.geometries");
         let Some(Value::Array(members)) = value.get("geometries") else {
@@ -176,7 +184,10 @@ fn parse_geojson(value: &Value, field: &str, depth: usize) -> GeoResult<Geometry
 
 fn array<'a>(value: &'a Value, field: &str) -> GeoResult<&'a Vec<Value>> {
     value.as_array().ok_or_else(|| {
-        GeoError::geometry(field, format!("expected an array, found {}", json_kind(value)))
+        GeoError::geometry(
+            field,
+            format!("expected an array, found {}", json_kind(value)),
+        )
     })
 }
 
@@ -223,7 +234,10 @@ fn ring(value: &Value, field: &str) -> GeoResult<LineString<f64>> {
     if coords.len() < 4 {
         return Err(GeoError::geometry(
             field,
-            format!("a polygon ring needs at least 4 positions, found {}", coords.len()),
+            format!(
+                "a polygon ring needs at least 4 positions, found {}",
+                coords.len()
+            ),
         ));
     }
     if coords.first() != coords.last() {
@@ -238,7 +252,10 @@ fn ring(value: &Value, field: &str) -> GeoResult<LineString<f64>> {
 fn polygon(value: &Value, field: &str) -> GeoResult<Polygon<f64>> {
     let rings = array(value, field)?;
     let Some((exterior, interiors)) = rings.split_first() else {
-        return Err(GeoError::geometry(field, "a Polygon needs an exterior ring"));
+        return Err(GeoError::geometry(
+            field,
+            "a Polygon needs an exterior ring",
+        ));
     };
     let exterior = ring(exterior, &format!("{field}[0]"))?;
     let interiors = interiors
@@ -278,7 +295,10 @@ pub(crate) fn validate(geometry: &Geometry<f64>, field: &str) -> GeoResult<()> {
         Geometry::Line(line) => check_coords(&mut [line.start, line.end].iter()),
         Geometry::LineString(line) => {
             if line.0.len() < 2 {
-                return Err(GeoError::geometry(field, "a LineString needs at least 2 positions"));
+                return Err(GeoError::geometry(
+                    field,
+                    "a LineString needs at least 2 positions",
+                ));
             }
             check_coords(&mut line.0.iter())
         }
@@ -345,27 +365,56 @@ mod tests {
     #[test]
     fn errors_name_the_field() {
         let bad_lat = json!({"loc": {"latitude": 91, "longitude": 0}});
-        assert_eq!(field_of(extract_geometry(&bad_lat, "loc").unwrap_err()), "loc.latitude");
+        assert_eq!(
+            field_of(extract_geometry(&bad_lat, "loc").unwrap_err()),
+            "loc.latitude"
+        );
         let bad_lon = json!({"loc": {"latitude": 0, "longitude": -180.5}});
-        assert_eq!(field_of(extract_geometry(&bad_lon, "loc").unwrap_err()), "loc.longitude");
+        assert_eq!(
+            field_of(extract_geometry(&bad_lon, "loc").unwrap_err()),
+            "loc.longitude"
+        );
         let string_lat = json!({"loc": {"latitude": "41", "longitude": 0}});
-        assert_eq!(field_of(extract_geometry(&string_lat, "loc").unwrap_err()), "loc.latitude");
+        assert_eq!(
+            field_of(extract_geometry(&string_lat, "loc").unwrap_err()),
+            "loc.latitude"
+        );
         let missing = json!({"other": 1});
-        assert_eq!(field_of(extract_geometry(&missing, "loc").unwrap_err()), "loc");
-        let open_ring = json!({"g": {"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 1]]]}});
-        assert_eq!(field_of(extract_geometry(&open_ring, "g").unwrap_err()), "g.coordinates[0]");
-        let short_ring = json!({"g": {"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [0, 0]]]}});
-        assert_eq!(field_of(extract_geometry(&short_ring, "g").unwrap_err()), "g.coordinates[0]");
+        assert_eq!(
+            field_of(extract_geometry(&missing, "loc").unwrap_err()),
+            "loc"
+        );
+        let open_ring =
+            json!({"g": {"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 1]]]}});
+        assert_eq!(
+            field_of(extract_geometry(&open_ring, "g").unwrap_err()),
+            "g.coordinates[0]"
+        );
+        let short_ring =
+            json!({"g": {"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [0, 0]]]}});
+        assert_eq!(
+            field_of(extract_geometry(&short_ring, "g").unwrap_err()),
+            "g.coordinates[0]"
+        );
         let bad_point = json!({"g": {"type": "Point", "coordinates": [0, 95]}});
-        assert_eq!(field_of(extract_geometry(&bad_point, "g").unwrap_err()), "g.coordinates[1]");
+        assert_eq!(
+            field_of(extract_geometry(&bad_point, "g").unwrap_err()),
+            "g.coordinates[1]"
+        );
         let unknown = json!({"g": {"type": "Circle", "coordinates": [0, 0]}});
-        assert_eq!(field_of(extract_geometry(&unknown, "g").unwrap_err()), "g.type");
+        assert_eq!(
+            field_of(extract_geometry(&unknown, "g").unwrap_err()),
+            "g.type"
+        );
     }
 
     #[test]
     fn envelope_covers_the_geometry() {
         let polygon = json!({"type": "Polygon", "coordinates": [[[0, 0], [2, 0], [2, 3], [0, 0]]]});
         let rect = envelope(&parse_geometry(&polygon, "g").unwrap()).unwrap();
-        assert_eq!((rect.min().x, rect.min().y, rect.max().x, rect.max().y), (0.0, 0.0, 2.0, 3.0));
+        assert_eq!(
+            (rect.min().x, rect.min().y, rect.max().x, rect.max().y),
+            (0.0, 0.0, 2.0, 3.0)
+        );
     }
 }

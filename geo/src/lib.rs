@@ -24,8 +24,8 @@ pub mod geometry;
 pub mod query;
 
 pub use backend::{GeoBackend, GeoOptions, StoredDoc};
-pub use doc::{ID_FIELD, REV_FIELD};
 pub use couch::{CouchBackend, CouchOptions, GEO_FIELD, MAX_CANDIDATES};
+pub use doc::{ID_FIELD, REV_FIELD};
 pub use embedded::{DATABASE_FILE, EmbeddedBackend};
 pub use error::{GeoError, GeoResult};
 pub use query::{Filter, Query, QueryParams, Relation};

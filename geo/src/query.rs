@@ -188,7 +188,10 @@ impl Query {
         for (name, value) in pairs {
             let value = value.trim();
             let repeated = match name.as_str() {
-                "bbox" => params.bbox.replace(BBoxParam::Text(value.to_owned())).is_some(),
+                "bbox" => params
+                    .bbox
+                    .replace(BBoxParam::Text(value.to_owned()))
+                    .is_some(),
                 "lat" => params.lat.replace(parse_float(name, value)?).is_some(),
                 "lon" => params.lon.replace(parse_float(name, value)?).is_some(),
                 "radius" => params.radius.replace(parse_float(name, value)?).is_some(),
@@ -197,7 +200,10 @@ impl Query {
                 "nearest" => params.nearest.replace(parse_bool(name, value)?).is_some(),
                 "limit" => params.limit.replace(parse_count(name, value)?).is_some(),
                 "skip" => params.skip.replace(parse_count(name, value)?).is_some(),
-                "include_docs" => params.include_docs.replace(parse_bool(name, value)?).is_some(),
+                "include_docs" => params
+                    .include_docs
+                    .replace(parse_bool(name, value)?)
+                    .is_some(),
                 _ => return Err(GeoError::query(name.as_str(), "unknown parameter")),
             };
             if repeated {
@@ -334,9 +340,9 @@ pub(crate) fn distance_metres(geometry: &Geometry<f64>, point: Point<f64>) -> f6
     match geometry.haversine_closest_point(&point) {
         Closest::Intersection(_) => 0.0,
         Closest::SinglePoint(closest) => Haversine.distance(closest, point),
-        Closest::Indeterminate => geometry
-            .centroid()
-            .map_or(f64::INFINITY, |centroid| Haversine.distance(centroid, point)),
+        Closest::Indeterminate => geometry.centroid().map_or(f64::INFINITY, |centroid| {
+            Haversine.distance(centroid, point)
+        }),
     }
 }
 
@@ -377,7 +383,10 @@ pub(crate) fn radius_boxes(center: Point<f64>, metres: f64) -> Vec<Rect<f64>> {
 }
 
 fn rect(min_lon: f64, min_lat: f64, max_lon: f64, max_lat: f64) -> Rect<f64> {
-    Rect::new(coord! { x: min_lon, y: min_lat }, coord! { x: max_lon, y: max_lat })
+    Rect::new(
+        coord! { x: min_lon, y: min_lat },
+        coord! { x: max_lon, y: max_lat },
+    )
 }
 
 fn check_relation(filter: &Filter, relation: Relation) -> GeoResult<()> {
@@ -422,7 +431,10 @@ fn check_latitude(param: &str, value: f64) -> GeoResult<f64> {
     if value.is_finite() && (-90.0..=90.0).contains(&value) {
         Ok(value)
     } else {
-        Err(GeoError::query(param, format!("latitude {value} is outside [-90, 90]")))
+        Err(GeoError::query(
+            param,
+            format!("latitude {value} is outside [-90, 90]"),
+        ))
     }
 }
 
@@ -430,7 +442,10 @@ fn check_longitude(param: &str, value: f64) -> GeoResult<f64> {
     if value.is_finite() && (-180.0..=180.0).contains(&value) {
         Ok(value)
     } else {
-        Err(GeoError::query(param, format!("longitude {value} is outside [-180, 180]")))
+        Err(GeoError::query(
+            param,
+            format!("longitude {value} is outside [-180, 180]"),
+        ))
     }
 }
 
@@ -445,7 +460,10 @@ fn parse_bbox(bbox: &BBoxParam) -> GeoResult<Rect<f64>> {
     let [min_lon, min_lat, max_lon, max_lat] = numbers[..] else {
         return Err(GeoError::query(
             "bbox",
-            format!("expected 4 numbers minLon,minLat,maxLon,maxLat, found {}", numbers.len()),
+            format!(
+                "expected 4 numbers minLon,minLat,maxLon,maxLat, found {}",
+                numbers.len()
+            ),
         ));
     };
     check_longitude("bbox", min_lon)?;
@@ -488,7 +506,10 @@ fn check_wkt_rings(parsed: &wkt::Wkt<f64>) -> GeoResult<()> {
             if coords.len() < 4 {
                 return Err(GeoError::query(
                     "g",
-                    format!("a polygon ring needs at least 4 positions, found {}", coords.len()),
+                    format!(
+                        "a polygon ring needs at least 4 positions, found {}",
+                        coords.len()
+                    ),
                 ));
             }
             let (Some(first), Some(last)) = (coords.first(), coords.last()) else {
@@ -558,7 +579,10 @@ impl TryFrom<QueryParams> for Query {
             let names: Vec<&str> = filters.iter().map(|(name, _)| *name).collect();
             return Err(GeoError::query(
                 names.last().copied().unwrap_or("g"),
-                format!("only one of bbox, radius and g may be given, found {}", names.join(", ")),
+                format!(
+                    "only one of bbox, radius and g may be given, found {}",
+                    names.join(", ")
+                ),
             ));
         }
         let filter = match (filters.pop(), center) {
@@ -590,13 +614,21 @@ impl TryFrom<QueryParams> for Query {
             None => DEFAULT_LIMIT,
             Some(limit) if (1..=MAX_LIMIT as u64).contains(&limit) => limit as usize,
             Some(_) => {
-                return Err(GeoError::query("limit", format!("must be in 1..={MAX_LIMIT}")));
+                return Err(GeoError::query(
+                    "limit",
+                    format!("must be in 1..={MAX_LIMIT}"),
+                ));
             }
         };
         let skip = match params.skip {
             None => 0,
             Some(skip) if skip <= MAX_SKIP as u64 => skip as usize,
-            Some(_) => return Err(GeoError::query("skip", format!("must be at most {MAX_SKIP}"))),
+            Some(_) => {
+                return Err(GeoError::query(
+                    "skip",
+                    format!("must be at most {MAX_SKIP}"),
+                ));
+            }
         };
 
         Ok(Self {
@@ -636,12 +668,17 @@ mod tests {
 
     #[test]
     fn parses_each_filter_kind() {
-        let bbox = Query::from_params(&pairs(&[("bbox", "-88,41,-87,42"), ("limit", "5")])).unwrap();
+        let bbox =
+            Query::from_params(&pairs(&[("bbox", "-88,41,-87,42"), ("limit", "5")])).unwrap();
         assert!(matches!(bbox.filter(), Filter::BBox(_)));
         assert_eq!(bbox.limit(), 5);
-        let radius =
-            Query::from_params(&pairs(&[("lat", "41.8"), ("lon", "-87.6"), ("radius", "500"), ("nearest", "true")]))
-                .unwrap();
+        let radius = Query::from_params(&pairs(&[
+            ("lat", "41.8"),
+            ("lon", "-87.6"),
+            ("radius", "500"),
+            ("nearest", "true"),
+        ]))
+        .unwrap();
         assert!(matches!(radius.filter(), Filter::Radius { metres, .. } if *metres == 500.0));
         assert!(radius.nearest());
         let shape = Query::from_params(&pairs(&[
@@ -654,7 +691,8 @@ mod tests {
         assert_eq!(shape.relation(), Relation::Contains);
         assert_eq!(shape.skip(), 3);
         assert_eq!(shape.limit(), DEFAULT_LIMIT);
-        let knn = Query::from_params(&pairs(&[("lat", "1"), ("lon", "2"), ("nearest", "true")])).unwrap();
+        let knn =
+            Query::from_params(&pairs(&[("lat", "1"), ("lon", "2"), ("nearest", "true")])).unwrap();
         assert!(matches!(knn.filter(), Filter::Nearest { .. }));
     }
 
@@ -678,7 +716,15 @@ mod tests {
             (&[("g", "not wkt")], "g"),
             (&[("g", "POINT(1 1)"), ("relation", "disjoint")], "relation"),
             (&[("g", "POINT(1 1)"), ("relation", "near")], "relation"),
-            (&[("lat", "1"), ("lon", "0"), ("radius", "5"), ("relation", "within")], "relation"),
+            (
+                &[
+                    ("lat", "1"),
+                    ("lon", "0"),
+                    ("radius", "5"),
+                    ("relation", "within"),
+                ],
+                "relation",
+            ),
             (&[("g", "POINT(1 1)"), ("limit", "0")], "limit"),
             (&[("g", "POINT(1 1)"), ("limit", "5000")], "limit"),
             (&[("g", "POINT(1 1)"), ("limit", "-1")], "limit"),
@@ -690,20 +736,28 @@ mod tests {
             (&[], "bbox"),
         ];
         for (input, expected) in cases {
-            assert_eq!(param_of(Query::from_params(&pairs(input))), *expected, "{input:?}");
+            assert_eq!(
+                param_of(Query::from_params(&pairs(input))),
+                *expected,
+                "{input:?}"
+            );
         }
     }
 
     #[test]
     fn deserializes_from_json() {
-        let query: Query = serde_json::from_value(json!({"bbox": [-88, 41, -87, 42], "nearest": true})).unwrap();
+        let query: Query =
+            serde_json::from_value(json!({"bbox": [-88, 41, -87, 42], "nearest": true})).unwrap();
         assert!(matches!(query.filter(), Filter::BBox(_)));
         let query: Query = serde_json::from_value(json!({"bbox": "-88,41,-87,42"})).unwrap();
         assert!(matches!(query.filter(), Filter::BBox(_)));
-        let error = serde_json::from_value::<Query>(json!({"lat": 91, "lon": 0, "radius": 5})).unwrap_err();
+        let error =
+            serde_json::from_value::<Query>(json!({"lat": 91, "lon": 0, "radius": 5})).unwrap_err();
         assert!(error.to_string().contains("`lat`"), "{error}");
         assert!(serde_json::from_value::<Query>(json!({"g": "POINT(1 1)", "extra": 1})).is_err());
-        assert!(serde_json::from_value::<Query>(json!({"lat": "1", "lon": 0, "radius": 5})).is_err());
+        assert!(
+            serde_json::from_value::<Query>(json!({"lat": "1", "lon": 0, "radius": 5})).is_err()
+        );
     }
 
     #[test]

@@ -30,8 +30,14 @@ impl Server {
             "start-couch failed: {}",
             String::from_utf8_lossy(&output.stderr)
         );
-        let pid = String::from_utf8_lossy(&output.stdout).trim().parse().expect("pid");
-        Self { pid: Some(pid), port }
+        let pid = String::from_utf8_lossy(&output.stdout)
+            .trim()
+            .parse()
+            .expect("pid");
+        Self {
+            pid: Some(pid),
+            port,
+        }
     }
 
     fn url(&self) -> String {
@@ -59,7 +65,11 @@ impl Drop for Server {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind(("127.0.0.1", 0)).unwrap().local_addr().unwrap().port()
+    TcpListener::bind(("127.0.0.1", 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// The server URL, and the server when this test started it.
@@ -105,18 +115,30 @@ fn query(list: &[(&str, &str)]) -> Query {
 }
 
 fn ids(docs: &[Value]) -> Vec<&str> {
-    docs.iter().map(|doc| doc["_id"].as_str().unwrap()).collect()
+    docs.iter()
+        .map(|doc| doc["_id"].as_str().unwrap())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn couch_backend_end_to_end() {
     let (url, _server) = server();
-    let store = Arc::new(CouchBackend::connect(options(&url, "geo-e2e")).await.unwrap());
+    let store = Arc::new(
+        CouchBackend::connect(options(&url, "geo-e2e"))
+            .await
+            .unwrap(),
+    );
 
     // Store, update (rev 2 without sending _rev), get.
-    let first = store.store(device("loop", -87.6298, 41.8781)).await.unwrap();
+    let first = store
+        .store(device("loop", -87.6298, 41.8781))
+        .await
+        .unwrap();
     assert!(first.rev.starts_with("1-"), "{first:?}");
-    let second = store.store(device("loop", -87.6298, 41.8781)).await.unwrap();
+    let second = store
+        .store(device("loop", -87.6298, 41.8781))
+        .await
+        .unwrap();
     assert!(second.rev.starts_with("2-"), "{second:?}");
     let doc = store.get("loop").await.unwrap().unwrap();
     assert_eq!(doc["_rev"], json!(second.rev));
@@ -135,7 +157,10 @@ async fn couch_backend_end_to_end() {
         task.await.unwrap().unwrap();
     }
     let contended = store.get("contended").await.unwrap().unwrap();
-    assert!(contended["_rev"].as_str().unwrap().starts_with("4-"), "{contended}");
+    assert!(
+        contended["_rev"].as_str().unwrap().starts_with("4-"),
+        "{contended}"
+    );
 
     // Queries: coarse Mango filter in the database, exact test here.
     for doc in [
@@ -147,20 +172,39 @@ async fn couch_backend_end_to_end() {
     ] {
         store.store(doc).await.unwrap();
     }
-    let found = store.query(&query(&[("bbox", "-88,41.5,-87.5,42.1")])).await.unwrap();
+    let found = store
+        .query(&query(&[("bbox", "-88,41.5,-87.5,42.1")]))
+        .await
+        .unwrap();
     assert_eq!(ids(&found), ["loop", "midway", "ohare", "park", "state"]);
     let found = store
-        .query(&query(&[("lat", "41.8781"), ("lon", "-87.6298"), ("radius", "3000"), ("nearest", "true")]))
+        .query(&query(&[
+            ("lat", "41.8781"),
+            ("lon", "-87.6298"),
+            ("radius", "3000"),
+            ("nearest", "true"),
+        ]))
         .await
         .unwrap();
     assert_eq!(ids(&found), ["loop", "park", "state"]);
     let square = "POLYGON((-87.65 41.85, -87.59 41.85, -87.59 41.91, -87.65 41.91, -87.65 41.85))";
-    let found = store.query(&query(&[("g", square), ("relation", "contains")])).await.unwrap();
+    let found = store
+        .query(&query(&[("g", square), ("relation", "contains")]))
+        .await
+        .unwrap();
     assert_eq!(ids(&found), ["loop", "park"]);
-    let found = store.query(&query(&[("g", "POINT(-89 40)"), ("relation", "within")])).await.unwrap();
+    let found = store
+        .query(&query(&[("g", "POINT(-89 40)"), ("relation", "within")]))
+        .await
+        .unwrap();
     assert_eq!(ids(&found), ["state"]);
     let found = store
-        .query(&query(&[("lat", "40.7"), ("lon", "-74.0"), ("nearest", "true"), ("limit", "2")]))
+        .query(&query(&[
+            ("lat", "40.7"),
+            ("lon", "-74.0"),
+            ("nearest", "true"),
+            ("limit", "2"),
+        ]))
         .await
         .unwrap();
     assert_eq!(ids(&found), ["nyc", "state"]);
@@ -179,13 +223,21 @@ async fn couch_backend_end_to_end() {
 async fn couch_outage_fails_then_recovers() {
     let port = free_port();
     let mut server = Server::start(port);
-    let store = CouchBackend::connect(options(&server.url(), "geo-outage")).await.unwrap();
+    let store = CouchBackend::connect(options(&server.url(), "geo-outage"))
+        .await
+        .unwrap();
     store.store(device("a", 1.0, 1.0)).await.unwrap();
 
     server.stop();
     let error = store.store(device("b", 1.0, 1.0)).await.unwrap_err();
-    assert!(matches!(error, GeoError::Unavailable { attempts: 3, .. }), "{error}");
-    assert!(matches!(store.get("a").await, Err(GeoError::Unavailable { .. })));
+    assert!(
+        matches!(error, GeoError::Unavailable { attempts: 3, .. }),
+        "{error}"
+    );
+    assert!(matches!(
+        store.get("a").await,
+        Err(GeoError::Unavailable { .. })
+    ));
     assert!(matches!(
         store.query(&query(&[("bbox", "0,0,2,2")])).await,
         Err(GeoError::Unavailable { .. })
@@ -197,7 +249,13 @@ async fn couch_outage_fails_then_recovers() {
     assert!(stored.rev.starts_with("1-"));
     let found = store.query(&query(&[("bbox", "0,0,2,2")])).await.unwrap();
     assert_eq!(ids(&found), ["b"]);
-    assert!(CouchBackend::connect(CouchOptions { max_attempts: 2, initial_backoff_ms: 10, ..options("http://127.0.0.1:1", "x") })
+    assert!(
+        CouchBackend::connect(CouchOptions {
+            max_attempts: 2,
+            initial_backoff_ms: 10,
+            ..options("http://127.0.0.1:1", "x")
+        })
         .await
-        .is_err_and(|error| matches!(error, GeoError::Unavailable { attempts: 2, .. })));
+        .is_err_and(|error| matches!(error, GeoError::Unavailable { attempts: 2, .. }))
+    );
 }

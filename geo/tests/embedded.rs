@@ -26,13 +26,17 @@ fn device_options() -> GeoOptions {
 }
 
 fn ids(docs: &[Value]) -> Vec<&str> {
-    docs.iter().map(|doc| doc["_id"].as_str().unwrap()).collect()
+    docs.iter()
+        .map(|doc| doc["_id"].as_str().unwrap())
+        .collect()
 }
 
 #[tokio::test]
 async fn store_get_delete_and_revisions() {
     let dir = tempfile::tempdir().unwrap();
-    let store = EmbeddedBackend::open(dir.path(), device_options()).await.unwrap();
+    let store = EmbeddedBackend::open(dir.path(), device_options())
+        .await
+        .unwrap();
     let first = store.store(device("a", -87.62, 41.87)).await.unwrap();
     assert_eq!(first.id, "a");
     assert!(first.rev.starts_with("1-"));
@@ -61,13 +65,18 @@ async fn store_get_delete_and_revisions() {
 #[tokio::test]
 async fn rejects_bad_documents_with_the_field_named() {
     let dir = tempfile::tempdir().unwrap();
-    let store = EmbeddedBackend::open(dir.path(), device_options()).await.unwrap();
+    let store = EmbeddedBackend::open(dir.path(), device_options())
+        .await
+        .unwrap();
     let error = store.store(device("x", 0.0, 91.0)).await.unwrap_err();
     assert!(
         matches!(&error, GeoError::InvalidGeometry { field, .. } if field == "d.location.latitude"),
         "{error}"
     );
-    assert!(matches!(store.store(json!([1, 2])).await, Err(GeoError::InvalidDocument { .. })));
+    assert!(matches!(
+        store.store(json!([1, 2])).await,
+        Err(GeoError::InvalidDocument { .. })
+    ));
     assert!(store.is_empty());
 }
 
@@ -84,11 +93,16 @@ async fn custom_id_path() {
     doc.as_object_mut().unwrap().remove("_id");
     doc["d"]["name"] = json!("truck-7");
     assert_eq!(store.store(doc).await.unwrap().id, "truck-7");
-    assert_eq!(store.get("truck-7").await.unwrap().unwrap()["_id"], json!("truck-7"));
+    assert_eq!(
+        store.get("truck-7").await.unwrap().unwrap()["_id"],
+        json!("truck-7")
+    );
 }
 
 async fn city_store(dir: &std::path::Path) -> EmbeddedBackend {
-    let store = EmbeddedBackend::open(dir, GeoOptions::default()).await.unwrap();
+    let store = EmbeddedBackend::open(dir, GeoOptions::default())
+        .await
+        .unwrap();
     let docs = [
         json!({"_id": "loop", "geometry": {"type": "Point", "coordinates": [-87.6298, 41.8781]}}),
         json!({"_id": "ohare", "geometry": {"type": "Point", "coordinates": [-87.9073, 41.9742]}}),
@@ -108,35 +122,76 @@ async fn queries_cover_every_filter_and_relation() {
     let dir = tempfile::tempdir().unwrap();
     let store = city_store(dir.path()).await;
 
-    let bbox = store.query(&params(&[("bbox", "-88,41.5,-87.5,42.1")])).await.unwrap();
-    assert_eq!(ids(&bbox), ["lake-shore", "loop", "midway", "ohare", "park"]);
+    let bbox = store
+        .query(&params(&[("bbox", "-88,41.5,-87.5,42.1")]))
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&bbox),
+        ["lake-shore", "loop", "midway", "ohare", "park"]
+    );
 
-    let near_loop = params(&[("lat", "41.8781"), ("lon", "-87.6298"), ("radius", "5000"), ("nearest", "true")]);
+    let near_loop = params(&[
+        ("lat", "41.8781"),
+        ("lon", "-87.6298"),
+        ("radius", "5000"),
+        ("nearest", "true"),
+    ]);
     let found = store.query(&near_loop).await.unwrap();
     assert_eq!(ids(&found), ["loop", "park", "lake-shore"]);
 
-    let all_by_distance = params(&[("lat", "41.8781"), ("lon", "-87.6298"), ("nearest", "true"), ("limit", "3"), ("skip", "1")]);
+    let all_by_distance = params(&[
+        ("lat", "41.8781"),
+        ("lon", "-87.6298"),
+        ("nearest", "true"),
+        ("limit", "3"),
+        ("skip", "1"),
+    ]);
     let found = store.query(&all_by_distance).await.unwrap();
     assert_eq!(ids(&found), ["park", "lake-shore", "midway"]);
-    let everything = params(&[("lat", "41.8781"), ("lon", "-87.6298"), ("nearest", "true"), ("limit", "100")]);
+    let everything = params(&[
+        ("lat", "41.8781"),
+        ("lon", "-87.6298"),
+        ("nearest", "true"),
+        ("limit", "100"),
+    ]);
     assert_eq!(store.query(&everything).await.unwrap().len(), 6);
 
     let square = "POLYGON((-87.65 41.85, -87.59 41.85, -87.59 41.91, -87.65 41.91, -87.65 41.85))";
     let intersects = store.query(&params(&[("g", square)])).await.unwrap();
     assert_eq!(ids(&intersects), ["lake-shore", "loop", "park"]);
-    let contains = store.query(&params(&[("g", square), ("relation", "contains")])).await.unwrap();
+    let contains = store
+        .query(&params(&[("g", square), ("relation", "contains")]))
+        .await
+        .unwrap();
     assert_eq!(ids(&contains), ["loop", "park"]);
-    let crosses = store.query(&params(&[("g", square), ("relation", "crosses")])).await.unwrap();
+    let crosses = store
+        .query(&params(&[("g", square), ("relation", "crosses")]))
+        .await
+        .unwrap();
     assert_eq!(ids(&crosses), ["lake-shore"]);
     let inside_park = "POINT(-87.63 41.88)";
-    let within = store.query(&params(&[("g", inside_park), ("relation", "within")])).await.unwrap();
+    let within = store
+        .query(&params(&[("g", inside_park), ("relation", "within")]))
+        .await
+        .unwrap();
     assert_eq!(ids(&within), ["park"]);
 
-    let nearest_in_box = params(&[("bbox", "-88,41.5,-87.5,42.1"), ("nearest", "true"), ("lat", "41.97"), ("lon", "-87.90"), ("limit", "2")]);
+    let nearest_in_box = params(&[
+        ("bbox", "-88,41.5,-87.5,42.1"),
+        ("nearest", "true"),
+        ("lat", "41.97"),
+        ("lon", "-87.90"),
+        ("limit", "2"),
+    ]);
     // The park's north-west corner (22.7 km) is closer to O'Hare than Midway (24 km).
-    assert_eq!(ids(&store.query(&nearest_in_box).await.unwrap()), ["ohare", "park"]);
+    assert_eq!(
+        ids(&store.query(&nearest_in_box).await.unwrap()),
+        ["ohare", "park"]
+    );
 
-    let json_query: Query = serde_json::from_value(json!({"lat": 40.71, "lon": -74.0, "radius": 2000})).unwrap();
+    let json_query: Query =
+        serde_json::from_value(json!({"lat": 40.71, "lon": -74.0, "radius": 2000})).unwrap();
     assert_eq!(ids(&store.query(&json_query).await.unwrap()), ["nyc"]);
 }
 
@@ -145,19 +200,38 @@ async fn data_survives_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let store = city_store(dir.path()).await;
     store.delete("nyc").await.unwrap();
-    let rev = store.store(json!({"_id": "loop", "geometry": {"latitude": 41.88, "longitude": -87.63}})).await.unwrap().rev;
+    let rev = store
+        .store(json!({"_id": "loop", "geometry": {"latitude": 41.88, "longitude": -87.63}}))
+        .await
+        .unwrap()
+        .rev;
     store.close().await.unwrap();
     let late = json!({"_id": "late", "geometry": {"latitude": 0.0, "longitude": 0.0}});
     assert!(matches!(store.store(late).await, Err(GeoError::Closed)));
     drop(store);
 
-    let store = EmbeddedBackend::open(dir.path(), GeoOptions::default()).await.unwrap();
+    let store = EmbeddedBackend::open(dir.path(), GeoOptions::default())
+        .await
+        .unwrap();
     assert_eq!(store.len(), 5);
-    assert_eq!(store.get("loop").await.unwrap().unwrap()["_rev"], json!(rev));
+    assert_eq!(
+        store.get("loop").await.unwrap().unwrap()["_rev"],
+        json!(rev)
+    );
     assert!(store.get("nyc").await.unwrap().is_none());
-    let found = store.query(&params(&[("lat", "41.88"), ("lon", "-87.63"), ("radius", "100")])).await.unwrap();
+    let found = store
+        .query(&params(&[
+            ("lat", "41.88"),
+            ("lon", "-87.63"),
+            ("radius", "100"),
+        ]))
+        .await
+        .unwrap();
     assert_eq!(ids(&found), ["loop", "park"]);
-    let next = store.store(json!({"_id": "loop", "geometry": {"latitude": 41.88, "longitude": -87.63}})).await.unwrap();
+    let next = store
+        .store(json!({"_id": "loop", "geometry": {"latitude": 41.88, "longitude": -87.63}}))
+        .await
+        .unwrap();
     assert!(next.rev.starts_with("3-"));
     store.close().await.unwrap();
     drop(store);
@@ -179,16 +253,26 @@ async fn concurrent_stores_are_all_durable() {
         max_batch: 64,
         ..device_options()
     };
-    let store = Arc::new(EmbeddedBackend::open(dir.path(), options.clone()).await.unwrap());
+    let store = Arc::new(
+        EmbeddedBackend::open(dir.path(), options.clone())
+            .await
+            .unwrap(),
+    );
     let mut tasks = Vec::new();
     for task in 0..16 {
         let store = Arc::clone(&store);
         tasks.push(tokio::spawn(async move {
             for n in 0..200 {
                 let id = format!("t{task}-{n}");
-                store.store(device(&id, f64::from(task), f64::from(n) / 10.0)).await.unwrap();
+                store
+                    .store(device(&id, f64::from(task), f64::from(n) / 10.0))
+                    .await
+                    .unwrap();
                 // Rewrite some ids so revisions race within and across batches.
-                store.store(device(&format!("shared-{}", n % 10), 0.0, 0.0)).await.unwrap();
+                store
+                    .store(device(&format!("shared-{}", n % 10), 0.0, 0.0))
+                    .await
+                    .unwrap();
             }
         }));
     }
@@ -197,7 +281,12 @@ async fn concurrent_stores_are_all_durable() {
     }
     assert_eq!(store.len(), 16 * 200 + 10);
     let shared = store.get("shared-3").await.unwrap().unwrap();
-    assert!(shared["_rev"].as_str().unwrap().starts_with(&format!("{}-", 16 * 20)));
+    assert!(
+        shared["_rev"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{}-", 16 * 20))
+    );
     store.close().await.unwrap();
     drop(store);
     let reopened = EmbeddedBackend::open(dir.path(), options).await.unwrap();

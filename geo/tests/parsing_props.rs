@@ -12,15 +12,28 @@ fn json_value() -> impl Strategy<Value = Value> {
         any::<bool>().prop_map(Value::Bool),
         any::<f64>().prop_map(|float| json!(float)),
         (-200i64..200).prop_map(|int| json!(int)),
-        prop_oneof![Just("Point"), Just("Polygon"), Just("LineString"), Just("MultiPolygon"), Just("GeometryCollection"), Just("x")]
-            .prop_map(|text| json!(text)),
+        prop_oneof![
+            Just("Point"),
+            Just("Polygon"),
+            Just("LineString"),
+            Just("MultiPolygon"),
+            Just("GeometryCollection"),
+            Just("x")
+        ]
+        .prop_map(|text| json!(text)),
     ];
     leaf.prop_recursive(5, 64, 6, |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
             prop::collection::btree_map(
-                prop_oneof![Just("type"), Just("coordinates"), Just("geometries"), Just("latitude"), Just("longitude")]
-                    .prop_map(str::to_owned),
+                prop_oneof![
+                    Just("type"),
+                    Just("coordinates"),
+                    Just("geometries"),
+                    Just("latitude"),
+                    Just("longitude")
+                ]
+                .prop_map(str::to_owned),
                 inner,
                 0..4
             )

@@ -134,7 +134,10 @@ mod tests {
         ];
         for shape in shapes {
             let geometry = parse_geometry(&shape, "g").unwrap();
-            assert_eq!(decode_geometry(&encode_geometry(&geometry)).unwrap(), geometry);
+            assert_eq!(
+                decode_geometry(&encode_geometry(&geometry)).unwrap(),
+                geometry
+            );
         }
         assert!(decode_geometry(&[7, 1]).is_err());
     }
@@ -143,7 +146,10 @@ mod tests {
     fn documents_round_trip_with_their_rev() {
         let bytes = encode_doc("3-abc", br#"{"_id":"x","a":1}"#);
         assert_eq!(stored_rev(&bytes), Some("3-abc"));
-        assert_eq!(decode_doc(&bytes).unwrap(), json!({"_id": "x", "a": 1, "_rev": "3-abc"}));
+        assert_eq!(
+            decode_doc(&bytes).unwrap(),
+            json!({"_id": "x", "a": 1, "_rev": "3-abc"})
+        );
         assert!(decode_doc(b"no newline").is_err());
     }
 }

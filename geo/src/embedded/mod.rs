@@ -34,7 +34,6 @@ use codec::{
 };
 use index::{IndexEntry, SpatialIndex};
 
-
 /// File name of the store inside the data directory.
 pub const DATABASE_FILE: &str = "geo.redb";
 
@@ -295,9 +294,7 @@ fn reextract_geometry(
     geometry: &mut redb::Table<'_, &str, &[u8]>,
     geometry_path: &str,
 ) -> GeoResult<()> {
-    geometry
-        .retain(|_, _| false)
-        .map_err(GeoError::storage)?;
+    geometry.retain(|_, _| false).map_err(GeoError::storage)?;
     let mut skipped = 0_u64;
     for row in docs.iter().map_err(GeoError::storage)? {
         let (id, bytes) = row.map_err(GeoError::storage)?;
@@ -315,7 +312,11 @@ fn reextract_geometry(
         }
     }
     if skipped > 0 {
-        tracing::warn!(skipped, geometry_path, "geometry path changed; some documents have no geometry");
+        tracing::warn!(
+            skipped,
+            geometry_path,
+            "geometry path changed; some documents have no geometry"
+        );
     }
     Ok(())
 }
