@@ -12,11 +12,20 @@
 // Core nodes.
 // (modules are added here as they land; keep this list and register_all in step)
 
+// HTTP.
+pub mod http_in;
+pub mod http_response;
+pub mod http_server;
+
 use runnel_engine::Registry;
 
 /// Registers every node type of this crate.
 pub fn register_all(registry: &mut Registry) -> &mut Registry {
     // Core nodes.
+    // HTTP.
+    registry
+        .register::<http_in::HttpIn>()
+        .register::<http_response::HttpResponse>();
     registry
 }
 
