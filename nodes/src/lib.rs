@@ -11,6 +11,15 @@
 
 // Core nodes.
 // (modules are added here as they land; keep this list and register_all in step)
+pub mod base64;
+pub mod catch;
+pub mod change;
+pub mod comment;
+pub mod debug;
+pub mod delay;
+pub mod inject;
+pub mod json;
+pub mod switch;
 
 // HTTP.
 pub mod http_in;
@@ -22,6 +31,16 @@ use runnel_engine::Registry;
 /// Registers every node type of this crate.
 pub fn register_all(registry: &mut Registry) -> &mut Registry {
     // Core nodes.
+    registry
+        .register::<inject::Inject>()
+        .register::<debug::Debug>()
+        .register::<change::Change>()
+        .register::<switch::Switch>()
+        .register::<base64::Base64>()
+        .register::<json::Json>()
+        .register::<delay::Delay>()
+        .register::<catch::Catch>()
+        .register::<comment::Comment>();
     // HTTP.
     registry
         .register::<http_in::HttpIn>()
