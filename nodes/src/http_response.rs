@@ -116,6 +116,11 @@ impl HttpResponseNode {
                             ));
                         }
                     };
+                    if is_framing_header(name) {
+                        // msg.headers may hold the answer of an earlier
+                        // http-request: its framing does not fit this body.
+                        continue;
+                    }
                     let (name, value) =
                         header_pair(name, &text).map_err(|e| format!("msg.headers: {e}"))?;
                     headers.insert(name, value);
@@ -158,6 +163,18 @@ pub(crate) fn body_of(payload: &Value) -> (Bytes, Option<&'static str>) {
     }
 }
 
+fn is_framing_header(name: &str) -> bool {
+    const FRAMING: [&str; 6] = [
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "upgrade",
+        "content-encoding",
+    ];
+    FRAMING.iter().any(|h| h.eq_ignore_ascii_case(name))
+}
+
 fn valid_status(code: u16) -> Result<StatusCode, String> {
     StatusCode::from_u16(code)
         .map_err(|_| format!("invalid status code {code}, expected a number from 100 to 999"))
@@ -194,7 +211,7 @@ mod tests {
             .insert("statusCode".into(), Value::from(201_i64));
         msg.props_mut().insert(
             "headers".into(),
-            Value::from(serde_json::json!({"x-b": "msg", "x-n": 3})),
+            Value::from(serde_json::json!({"x-b": "msg", "x-n": 3, "Content-Length": "999"})),
         );
         let out = run_sync::<HttpResponse>(
             "{status: 202, headers: {x-a: config, x-b: config}}",
@@ -207,6 +224,7 @@ mod tests {
         assert_eq!(reply.headers["x-a"], "config");
         assert_eq!(reply.headers["x-b"], "msg");
         assert_eq!(reply.headers["x-n"], "3");
+        assert!(reply.headers.get("content-length").is_none());
         assert_eq!(reply.headers[CONTENT_TYPE], "application/json");
         assert_eq!(&reply.body[..], br#"{"ok":true}"#);
     }

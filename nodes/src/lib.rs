@@ -22,7 +22,9 @@ pub mod json;
 pub mod switch;
 
 // HTTP.
+pub mod geo_store;
 pub mod http_in;
+pub mod http_request;
 pub mod http_response;
 pub mod http_server;
 
@@ -44,7 +46,9 @@ pub fn register_all(registry: &mut Registry) -> &mut Registry {
     // HTTP.
     registry
         .register::<http_in::HttpIn>()
-        .register::<http_response::HttpResponse>();
+        .register::<http_response::HttpResponse>()
+        .register::<http_request::HttpRequest>()
+        .register::<geo_store::GeoStore>();
     registry
 }
 

@@ -1,0 +1,751 @@
+//! `geo-store`: keeps location documents and answers geographic queries,
+//! through the `runnel-geo` crate.
+//!
+//! Backends: `embedded` (the default: a redb file under the data directory,
+//! `<data_dir>/geo-store/<store>`, where `store` defaults to the node id;
+//! geo-store nodes naming the same `store` share one open store) or
+//! `couchdb` (`url`, `db`, `username`, `password`, usually from `${ENV}`).
+//!
+//! Operations (`operation` in config, else `msg.operation`):
+//! - `store`: upserts `msg.payload` (an object) under the id at `id_path`,
+//!   with its geometry at `geometry_path` (`{latitude, longitude}` or
+//!   GeoJSON); `msg.payload` becomes the stored document with `_id` and
+//!   `_rev`;
+//! - `get`: `msg.payload` becomes the document, or `null` with
+//!   `msg.statusCode = 404`;
+//! - `delete`: `msg.payload` becomes `{"_id": id, "deleted": bool}`;
+//! - `query`: Cloudant Geo parameters (`bbox`, `lat`+`lon`+`radius`, `g` +
+//!   `relation`, `nearest`, `limit`, `skip`) from the config's `query`,
+//!   overridden by `msg.query` or else `msg.req.query` (an `http-in` query
+//!   string); `msg.payload` becomes the array of matching documents,
+//!   `[{"_id": …, "_rev": …, "d": {…}}]`.
+//!
+//! For `get` and `delete` the id is read from `id_property` when set, else
+//! from `msg.payload` when it is a string or number, else from
+//! `msg.req.params.id`, else from the payload's `id_path`.
+//!
+//! Failures go to `catch` with the message shaped for an HTTP answer, so
+//! `catch → http-response` answers correctly: bad input (coordinates out of
+//! range, a malformed query, an unknown parameter) sets `msg.statusCode =
+//! 400` and `msg.payload = {"error": ..., "field": ...}` naming the field; a
+//! backend failure sets `503` and a generic payload (the detail is in
+//! `msg.error` and the log).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use futures::StreamExt as _;
+use futures::stream::FuturesUnordered;
+use runnel_engine::schemars::{self, JsonSchema};
+use runnel_engine::{
+    BuildCtx, BuildError, Map, Msg, NodeCtx, NodeError, NodeSpec, NodeStatus, NodeType, PropPath,
+    TaskNode, Value,
+};
+use runnel_geo::{
+    CouchBackend, CouchOptions, EmbeddedBackend, GeoBackend, GeoError, GeoOptions, Query,
+};
+use serde::Deserialize;
+
+/// `geo-store`.
+#[derive(Debug)]
+pub struct GeoStore;
+
+/// Which store holds the documents.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// On disk under the data directory; no server needed.
+    #[default]
+    Embedded,
+    /// CouchDB or Cloudant.
+    Couchdb,
+}
+
+/// What to do with a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Operation {
+    /// Upsert `msg.payload`.
+    Store,
+    /// Read one document by id.
+    Get,
+    /// Delete one document by id.
+    Delete,
+    /// Geographic query.
+    Query,
+}
+
+impl Operation {
+    fn parse(text: &str) -> Option<Self> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "store" => Some(Operation::Store),
+            "get" => Some(Operation::Get),
+            "delete" => Some(Operation::Delete),
+            "query" => Some(Operation::Query),
+            _ => None,
+        }
+    }
+}
+
+/// Config of `geo-store`.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GeoStoreConfig {
+    /// `embedded` (default) or `couchdb`.
+    #[serde(default)]
+    pub backend: BackendKind,
+    /// Embedded: the store's name under `<data_dir>/geo-store/` (default: the
+    /// node id). Nodes naming the same store share it.
+    #[serde(default)]
+    pub store: Option<String>,
+    /// CouchDB: server URL, e.g. `${COUCH_URL}`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// CouchDB: database name (created when missing).
+    #[serde(default)]
+    pub db: Option<String>,
+    /// CouchDB: user name.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// CouchDB: password, e.g. `${COUCH_PASSWORD}`. Never logged.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// `store`, `get`, `delete` or `query`; when unset, `msg.operation`.
+    #[serde(default)]
+    pub operation: Option<Operation>,
+    /// Dotted path of the document id (default `_id`).
+    #[serde(default = "default_id_path")]
+    pub id_path: String,
+    /// Dotted path of the geometry (default `d.location`, as in the seed's
+    /// device documents).
+    #[serde(default = "default_geometry_path")]
+    pub geometry_path: String,
+    /// For `get`/`delete`: the message property holding the id (see the
+    /// node docs for the default search).
+    #[serde(default)]
+    pub id_property: Option<PropPath>,
+    /// Default query parameters (`{radius: 500, limit: 100}`); the
+    /// message's override them.
+    #[serde(default)]
+    pub query: Option<Value>,
+    /// Messages handled at once (default 16); with more than 1 they may
+    /// leave out of order. Concurrent stores share commits.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+}
+
+impl fmt::Debug for GeoStoreConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GeoStoreConfig")
+            .field("backend", &self.backend)
+            .field("store", &self.store)
+            .field("url", &self.url)
+            .field("db", &self.db)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("operation", &self.operation)
+            .field("id_path", &self.id_path)
+            .field("geometry_path", &self.geometry_path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn default_id_path() -> String {
+    "_id".to_string()
+}
+
+fn default_geometry_path() -> String {
+    "d.location".to_string()
+}
+
+fn default_concurrency() -> usize {
+    16
+}
+
+impl NodeType for GeoStore {
+    const TYPE: &'static str = "geo-store";
+    const SUMMARY: &'static str =
+        "Stores location documents and answers Cloudant-Geo-style queries (embedded or CouchDB).";
+    type Config = GeoStoreConfig;
+
+    fn build(config: GeoStoreConfig, ctx: &BuildCtx<'_>) -> Result<NodeSpec, BuildError> {
+        if config.concurrency == 0 {
+            return Err(BuildError::field("concurrency", "must be at least 1"));
+        }
+        let defaults = match &config.query {
+            None | Some(Value::Null) => Vec::new(),
+            Some(value) => {
+                let pairs = query_pairs(value).map_err(|e| BuildError::field("query", e))?;
+                // Validate now, so a bad default fails at load time.
+                Query::from_params(&pairs).map_err(|e| BuildError::field("query", e))?;
+                pairs
+            }
+        };
+        let geo = GeoOptions {
+            id_path: config.id_path.clone(),
+            geometry_path: config.geometry_path.clone(),
+            ..GeoOptions::default()
+        };
+        let open = match config.backend {
+            BackendKind::Embedded => {
+                if config.url.is_some() || config.db.is_some() || config.username.is_some() {
+                    return Err(BuildError::field(
+                        "backend",
+                        "url, db and username apply to backend: couchdb only",
+                    ));
+                }
+                let store = config
+                    .store
+                    .clone()
+                    .unwrap_or_else(|| ctx.node_id().as_str().to_string());
+                if store.is_empty()
+                    || !store
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                    || store.starts_with('.')
+                {
+                    return Err(BuildError::field(
+                        "store",
+                        format!("invalid store name {store:?}, expected letters, digits, -, _ or ."),
+                    ));
+                }
+                Open::Embedded {
+                    dir: ctx.data_dir().join("geo-store").join(store),
+                    options: geo,
+                }
+            }
+            BackendKind::Couchdb => {
+                let Some(url) = config.url.clone() else {
+                    return Err(BuildError::field("url", "backend: couchdb needs a url"));
+                };
+                let defaults = CouchOptions::default();
+                Open::Couch(CouchOptions {
+                    url,
+                    db: config.db.clone().unwrap_or(defaults.db),
+                    username: config.username.clone(),
+                    password: config.password.clone(),
+                    id_path: geo.id_path,
+                    geometry_path: geo.geometry_path,
+                    ..defaults
+                })
+            }
+        };
+        Ok(NodeSpec::task(
+            true,
+            1,
+            GeoStoreNode {
+                open,
+                settings: Arc::new(Settings {
+                    operation: config.operation,
+                    id_path: config.id_path,
+                    id_property: config.id_property,
+                    defaults,
+                }),
+                concurrency: config.concurrency,
+            },
+        ))
+    }
+}
+
+#[derive(Debug)]
+enum Open {
+    Embedded { dir: PathBuf, options: GeoOptions },
+    Couch(CouchOptions),
+}
+
+struct Settings {
+    operation: Option<Operation>,
+    id_path: String,
+    id_property: Option<PropPath>,
+    defaults: Vec<(String, String)>,
+}
+
+struct GeoStoreNode {
+    open: Open,
+    settings: Arc<Settings>,
+    concurrency: usize,
+}
+
+#[runnel_engine::async_trait]
+impl TaskNode for GeoStoreNode {
+    async fn run(self: Box<Self>, ctx: &mut NodeCtx) -> Result<(), NodeError> {
+        ctx.set_status(NodeStatus::pending("opening"));
+        let lease = match &self.open {
+            Open::Embedded { dir, options } => acquire(dir.clone(), options.clone()).await,
+            Open::Couch(options) => CouchBackend::connect(options.clone())
+                .await
+                .map(|backend| Lease::owned(Arc::new(backend))),
+        };
+        let lease = match lease {
+            Ok(lease) => lease,
+            Err(error) => {
+                ctx.set_status(NodeStatus::error("cannot open the store"));
+                return Err(NodeError::new(format!("cannot open the geo store: {error}")));
+            }
+        };
+        let Some(backend) = lease.backend() else {
+            return Err(NodeError::new("the geo store was released before use"));
+        };
+        ctx.set_status(NodeStatus::ok("ready"));
+        let mut in_flight = FuturesUnordered::new();
+        loop {
+            tokio::select! {
+                msg = ctx.recv(), if in_flight.len() < self.concurrency => {
+                    let Some(msg) = msg else { break };
+                    in_flight.push(handle(backend.clone(), self.settings.clone(), msg));
+                }
+                Some(done) = in_flight.next(), if !in_flight.is_empty() => {
+                    finish(ctx, done).await;
+                }
+            }
+        }
+        while let Some(done) = in_flight.next().await {
+            finish(ctx, done).await;
+        }
+        drop(backend);
+        lease.release().await;
+        Ok(())
+    }
+}
+
+async fn finish(ctx: &mut NodeCtx, done: Result<Msg, NodeError>) {
+    match done {
+        Ok(msg) => ctx.send(0, msg).await,
+        Err(error) => ctx.report_error(error),
+    }
+}
+
+/// Why a message failed: bad input (400) or the backend (503).
+enum Failure {
+    Input { message: String, field: String },
+    Backend(GeoError),
+}
+
+impl From<GeoError> for Failure {
+    fn from(error: GeoError) -> Self {
+        match &error {
+            GeoError::InvalidGeometry { field, .. } => Failure::Input {
+                field: field.clone(),
+                message: error.to_string(),
+            },
+            GeoError::InvalidQuery { param, .. } => Failure::Input {
+                field: param.clone(),
+                message: error.to_string(),
+            },
+            GeoError::InvalidDocument { .. } => Failure::Input {
+                field: "payload".to_string(),
+                message: error.to_string(),
+            },
+            _ => Failure::Backend(error),
+        }
+    }
+}
+
+fn input(field: &str, message: impl Into<String>) -> Failure {
+    Failure::Input {
+        message: message.into(),
+        field: field.to_string(),
+    }
+}
+
+async fn handle(
+    backend: Arc<dyn GeoBackend>,
+    settings: Arc<Settings>,
+    mut msg: Msg,
+) -> Result<Msg, NodeError> {
+    match apply(&*backend, &settings, &mut msg).await {
+        Ok(()) => Ok(msg),
+        Err(Failure::Input { message, field }) => {
+            let mut body = Map::new();
+            body.insert("error".into(), Value::from(message.as_str()));
+            body.insert("field".into(), Value::from(field));
+            let props = msg.props_mut();
+            props.insert("statusCode".into(), Value::from(400_i64));
+            props.insert("payload".into(), Value::from(body));
+            Err(NodeError::new(message).with_msg(msg))
+        }
+        Err(Failure::Backend(error)) => {
+            let mut body = Map::new();
+            body.insert("error".into(), Value::from("geo store unavailable"));
+            body.insert("field".into(), Value::Null);
+            let props = msg.props_mut();
+            props.insert("statusCode".into(), Value::from(503_i64));
+            props.insert("payload".into(), Value::from(body));
+            Err(NodeError::new(format!("geo store: {error}")).with_msg(msg))
+        }
+    }
+}
+
+async fn apply(backend: &dyn GeoBackend, settings: &Settings, msg: &mut Msg) -> Result<(), Failure> {
+    let operation = match settings.operation {
+        Some(operation) => operation,
+        None => match msg.props().get("operation") {
+            Some(Value::String(text)) => Operation::parse(text).ok_or_else(|| {
+                input(
+                    "operation",
+                    format!("unknown operation {text:?}, expected store, get, delete or query"),
+                )
+            })?,
+            _ => {
+                return Err(input(
+                    "operation",
+                    "no operation: set `operation` in the node or msg.operation",
+                ));
+            }
+        },
+    };
+    let payload = match operation {
+        Operation::Store => {
+            let doc = msg.payload();
+            if doc.as_object().is_none() {
+                return Err(input(
+                    "payload",
+                    format!("store needs an object payload, got {}", doc.type_name()),
+                ));
+            }
+            let mut json = doc.to_json();
+            let stored = backend.store(json.clone()).await?;
+            if let Some(object) = json.as_object_mut() {
+                object.insert("_id".into(), stored.id.into());
+                object.insert("_rev".into(), stored.rev.into());
+            }
+            Value::from(json)
+        }
+        Operation::Get => {
+            let id = read_id(settings, msg)?;
+            match backend.get(&id).await? {
+                Some(doc) => Value::from(doc),
+                None => {
+                    msg.props_mut()
+                        .insert("statusCode".into(), Value::from(404_i64));
+                    Value::Null
+                }
+            }
+        }
+        Operation::Delete => {
+            let id = read_id(settings, msg)?;
+            let deleted = backend.delete(&id).await?;
+            let mut out = Map::new();
+            out.insert("_id".into(), Value::from(id));
+            out.insert("deleted".into(), Value::from(deleted));
+            Value::from(out)
+        }
+        Operation::Query => {
+            let query = read_query(settings, msg)?;
+            let docs = backend.query(&query).await?;
+            Value::from(docs.into_iter().map(Value::from).collect::<Vec<_>>())
+        }
+    };
+    msg.set_payload(payload);
+    Ok(())
+}
+
+fn read_id(settings: &Settings, msg: &Msg) -> Result<String, Failure> {
+    let id_text = |value: &Value| match value {
+        Value::String(s) if !s.is_empty() => Some(s.to_string()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    };
+    if let Some(path) = &settings.id_property {
+        return msg.get(path).and_then(id_text).ok_or_else(|| {
+            input(
+                path.as_str(),
+                format!("msg.{path} must be a non-empty string or a number"),
+            )
+        });
+    }
+    if let Some(id) = id_text(msg.payload()) {
+        return Ok(id);
+    }
+    let from_params = msg
+        .props()
+        .get("req")
+        .and_then(Value::as_object)
+        .and_then(|req| req.get("params"))
+        .and_then(Value::as_object)
+        .and_then(|params| params.get("id"))
+        .and_then(id_text);
+    if let Some(id) = from_params {
+        return Ok(id);
+    }
+    let mut current = msg.payload();
+    for part in settings.id_path.split('.') {
+        match current.as_object().and_then(|o| o.get(part)) {
+            Some(next) => current = next,
+            None => {
+                return Err(input(
+                    "id",
+                    format!(
+                        "no document id: expected a string payload, msg.req.params.id or payload.{}",
+                        settings.id_path
+                    ),
+                ));
+            }
+        }
+    }
+    id_text(current).ok_or_else(|| input("id", "the document id must be a non-empty string or a number"))
+}
+
+fn read_query(settings: &Settings, msg: &Msg) -> Result<Query, Failure> {
+    let given = match msg.props().get("query") {
+        Some(value) if !value.is_null() => Some(value),
+        _ => msg
+            .props()
+            .get("req")
+            .and_then(Value::as_object)
+            .and_then(|req| req.get("query")),
+    };
+    let mut pairs = settings.defaults.clone();
+    if let Some(given) = given {
+        let given = match given {
+            Value::String(text) => serde_urlencoded::from_str::<Vec<(String, String)>>(text)
+                .map_err(|e| input("query", format!("malformed query string: {e}")))?,
+            other => query_pairs(other).map_err(|e| input("query", e))?,
+        };
+        for (name, value) in given {
+            pairs.retain(|(existing, _)| *existing != name);
+            pairs.push((name, value));
+        }
+    }
+    Ok(Query::from_params(&pairs)?)
+}
+
+/// A query object's entries as text pairs (`bbox: [1,2,3,4]` as `1,2,3,4`).
+fn query_pairs(value: &Value) -> Result<Vec<(String, String)>, String> {
+    let Some(map) = value.as_object() else {
+        return Err(format!(
+            "query parameters must be an object or a query string, got {}",
+            value.type_name()
+        ));
+    };
+    let mut pairs = Vec::with_capacity(map.len());
+    for (name, value) in map.iter() {
+        let text = match value {
+            Value::String(s) => s.to_string(),
+            Value::Number(_) | Value::Bool(_) => value.to_text(),
+            Value::Array(items) if name == "bbox" => items
+                .iter()
+                .map(Value::to_text)
+                .collect::<Vec<_>>()
+                .join(","),
+            Value::Array(_) => {
+                return Err(format!("query parameter {name} is given more than once"));
+            }
+            other => {
+                return Err(format!(
+                    "query parameter {name} must be a string, number or boolean, got {}",
+                    other.type_name()
+                ));
+            }
+        };
+        pairs.push((name.clone(), text));
+    }
+    Ok(pairs)
+}
+
+/// A node's use of a backend. Embedded stores are shared by every node
+/// naming the same store and closed (flushed) when the last one stops.
+struct Lease {
+    backend: Option<Arc<dyn GeoBackend>>,
+    shared_dir: Option<PathBuf>,
+}
+
+type Registry = tokio::sync::Mutex<HashMap<PathBuf, OpenStore>>;
+
+struct OpenStore {
+    backend: Arc<EmbeddedBackend>,
+    options: GeoOptions,
+    users: usize,
+}
+
+fn open_stores() -> &'static Registry {
+    static STORES: OnceLock<Registry> = OnceLock::new();
+    STORES.get_or_init(Default::default)
+}
+
+async fn acquire(dir: PathBuf, options: GeoOptions) -> Result<Lease, GeoError> {
+    let mut stores = open_stores().lock().await;
+    if let Some(open) = stores.get_mut(&dir) {
+        if open.options != options {
+            return Err(GeoError::InvalidOption {
+                option: "geometry_path".to_string(),
+                reason: format!(
+                    "the store is already open with id_path {:?} and geometry_path {:?}",
+                    open.options.id_path, open.options.geometry_path
+                ),
+            });
+        }
+        open.users += 1;
+        let backend: Arc<dyn GeoBackend> = open.backend.clone();
+        return Ok(Lease {
+            backend: Some(backend),
+            shared_dir: Some(dir),
+        });
+    }
+    if let Some(parent) = dir.parent() {
+        tokio::fs::create_dir_all(parent)
+            .await
+            .map_err(|e| GeoError::Storage {
+                reason: format!("cannot create {}: {e}", parent.display()),
+            })?;
+    }
+    let backend = Arc::new(EmbeddedBackend::open(&dir, options.clone()).await?);
+    tracing::info!(dir = %dir.display(), documents = backend.len(), "geo store opened");
+    stores.insert(
+        dir.clone(),
+        OpenStore {
+            backend: backend.clone(),
+            options,
+            users: 1,
+        },
+    );
+    let backend: Arc<dyn GeoBackend> = backend;
+    Ok(Lease {
+        backend: Some(backend),
+        shared_dir: Some(dir),
+    })
+}
+
+impl Lease {
+    fn owned(backend: Arc<dyn GeoBackend>) -> Self {
+        Lease {
+            backend: Some(backend),
+            shared_dir: None,
+        }
+    }
+
+    fn backend(&self) -> Option<Arc<dyn GeoBackend>> {
+        self.backend.clone()
+    }
+
+    /// Gives the backend back, closing it when no node uses it any more.
+    async fn release(mut self) {
+        let backend = self.backend.take();
+        let dir = self.shared_dir.take();
+        release(backend, dir).await;
+    }
+}
+
+async fn release(backend: Option<Arc<dyn GeoBackend>>, dir: Option<PathBuf>) {
+    let Some(backend) = backend else { return };
+    let Some(dir) = dir else {
+        if let Err(error) = backend.close().await {
+            tracing::warn!(%error, "closing the geo store failed");
+        }
+        return;
+    };
+    drop(backend);
+    let mut stores = open_stores().lock().await;
+    let last = match stores.get_mut(&dir) {
+        Some(open) => {
+            open.users = open.users.saturating_sub(1);
+            open.users == 0
+        }
+        None => false,
+    };
+    if last && let Some(open) = stores.remove(&dir) {
+        if let Err(error) = open.backend.close().await {
+            tracing::warn!(dir = %dir.display(), %error, "closing the geo store failed");
+        }
+        tracing::info!(dir = %dir.display(), "geo store closed");
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        // Released without `release` (a panic in the node): finish in the
+        // background so the store is still closed when unused.
+        let backend = self.backend.take();
+        let dir = self.shared_dir.take();
+        if backend.is_some()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(release(backend, dir));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn settings() -> Settings {
+        Settings {
+            operation: None,
+            id_path: "_id".into(),
+            id_property: None,
+            defaults: vec![("limit".into(), "10".into())],
+        }
+    }
+
+    fn msg(json: serde_json::Value) -> Msg {
+        let mut msg = Msg::new(Value::Null);
+        if let Value::Object(map) = Value::from(json) {
+            for (k, v) in map.iter() {
+                msg.props_mut().insert(k.clone(), v.clone());
+            }
+        }
+        msg
+    }
+
+    #[test]
+    fn ids_come_from_payload_params_or_id_path() {
+        let s = settings();
+        let id = |m: &Msg| match read_id(&s, m) {
+            Ok(id) => id,
+            Err(Failure::Input { message, .. }) => format!("error: {message}"),
+            Err(Failure::Backend(e)) => format!("backend: {e}"),
+        };
+        assert_eq!(id(&msg(serde_json::json!({"payload": "d1"}))), "d1");
+        assert_eq!(
+            id(&msg(serde_json::json!({"payload": {}, "req": {"params": {"id": "d2"}}}))),
+            "d2"
+        );
+        assert_eq!(id(&msg(serde_json::json!({"payload": {"_id": 3}}))), "3");
+        assert!(id(&msg(serde_json::json!({"payload": {}}))).starts_with("error"));
+    }
+
+    #[test]
+    fn queries_merge_defaults_with_the_message() {
+        let s = settings();
+        let m = msg(serde_json::json!({
+            "req": {"query": {"lat": "41.87", "lon": "-87.62", "radius": "500"}}
+        }));
+        let q = read_query(&s, &m).ok().unwrap();
+        assert_eq!(q.limit(), 10);
+        let m = msg(serde_json::json!({"query": {"bbox": [-88, 41, -87, 42], "limit": 5}}));
+        assert_eq!(read_query(&s, &m).ok().unwrap().limit(), 5);
+        let m = msg(serde_json::json!({"query": "lat=91&lon=0&radius=10"}));
+        match read_query(&s, &m) {
+            Err(Failure::Input { field, .. }) => assert_eq!(field, "lat"),
+            _ => panic!("latitude 91 must be refused"),
+        }
+        let m = msg(serde_json::json!({"query": {"colour": "red"}}));
+        match read_query(&s, &m) {
+            Err(Failure::Input { field, .. }) => assert_eq!(field, "colour"),
+            _ => panic!("unknown parameters must be refused"),
+        }
+    }
+
+    #[test]
+    fn config_is_validated() {
+        use runnel_engine::testing::build;
+        assert!(build::<GeoStore>("{backend: couchdb}").unwrap_err().contains("url"));
+        assert!(build::<GeoStore>("{store: ../x}").unwrap_err().contains("store"));
+        assert!(build::<GeoStore>("{query: {lat: 100, lon: 0, radius: 5}}")
+            .unwrap_err()
+            .contains("lat"));
+        assert!(build::<GeoStore>("{operation: query, query: {radius: 500, lat: 1, lon: 2}}").is_ok());
+        let debug = format!(
+            "{:?}",
+            serde_json::from_value::<GeoStoreConfig>(serde_json::json!({
+                "backend": "couchdb", "url": "http://x", "password": "hunter2"
+            }))
+            .unwrap()
+        );
+        assert!(!debug.contains("hunter2"), "{debug}");
+    }
+}

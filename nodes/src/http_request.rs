@@ -1,0 +1,579 @@
+//! `http-request`: calls an HTTP endpoint for each message.
+//!
+//! - method: the config's `method`, else `msg.method`, else GET;
+//! - URL: the config's `url` template, else `msg.url`. `{{payload.id}}`
+//!   (also `{{msg.payload.id}}`) inserts a message property percent-encoded,
+//!   so a value cannot add path segments or query parameters;
+//!   `{{{payload.base}}}` inserts it as is. A missing property is an error;
+//! - headers: the config's `headers`, then `msg.headers` over them;
+//! - body (not for GET/HEAD): `msg.payload`, objects and arrays as JSON,
+//!   strings as text, bytes as they are, `null` as none;
+//! - TLS through rustls, a per-attempt `timeout`, and `retries` with doubling
+//!   backoff on connection errors and 5xx answers.
+//!
+//! The answer replaces `msg.payload` (parsed JSON when the content type is
+//! JSON, text when it is text or valid UTF-8, else bytes), and sets
+//! `msg.statusCode`, `msg.headers` and `msg.responseUrl`. Any answer, 4xx and
+//! 5xx included, goes out on the output (switch on `statusCode`); a request
+//! that gets no answer (connection refused, timeout, body over
+//! `max_response`) goes to `catch`. Up to `concurrency` requests run at
+//! once; messages may then leave in another order than they came.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures::StreamExt as _;
+use futures::stream::FuturesUnordered;
+use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use reqwest::{Method, Url};
+use runnel_engine::schemars::{self, JsonSchema};
+use runnel_engine::{
+    BuildCtx, BuildError, Duration, Msg, NodeCtx, NodeError, NodeSpec, NodeStatus, NodeType,
+    PropPath, TaskNode, Value,
+};
+use serde::Deserialize;
+
+use crate::http_server::{ByteSize, HttpMethod, headers_to_value};
+
+/// `http-request`.
+#[derive(Debug)]
+pub struct HttpRequest;
+
+/// How the response body becomes `msg.payload`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ResponseAs {
+    /// JSON when the content type says so, text when it is text or valid
+    /// UTF-8, else bytes.
+    #[default]
+    Auto,
+    /// Always text (invalid UTF-8 replaced).
+    Text,
+    /// Always bytes.
+    Bytes,
+    /// Always JSON; a body that is not JSON is an error.
+    Json,
+}
+
+/// Config of `http-request`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HttpRequestConfig {
+    /// Method; when unset, `msg.method`, else GET.
+    #[serde(default)]
+    pub method: Option<HttpMethod>,
+    /// URL template: `http://host/devices/{{payload.id}}` (percent-encoded)
+    /// or `{{{payload.base}}}/x` (as is). When unset, `msg.url`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Request headers; `msg.headers` entries override these.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Time allowed for one attempt, answer body included (default `30s`).
+    #[serde(default = "default_timeout")]
+    pub timeout: Duration,
+    /// Retries after a connection error or a 5xx answer (default 2).
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// Wait before the first retry, doubled for each next one (default
+    /// `200ms`).
+    #[serde(default = "default_backoff")]
+    pub retry_backoff: Duration,
+    /// Largest answer body accepted (default `10MiB`).
+    #[serde(default = "default_max_response")]
+    pub max_response: ByteSize,
+    /// Requests in flight at once (default 8).
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// How the answer body becomes `msg.payload` (default `auto`).
+    #[serde(default)]
+    pub response: ResponseAs,
+}
+
+fn default_timeout() -> Duration {
+    Duration(std::time::Duration::from_secs(30))
+}
+
+fn default_retries() -> u32 {
+    2
+}
+
+fn default_backoff() -> Duration {
+    Duration(std::time::Duration::from_millis(200))
+}
+
+fn default_max_response() -> ByteSize {
+    ByteSize(10 << 20)
+}
+
+fn default_concurrency() -> usize {
+    8
+}
+
+impl NodeType for HttpRequest {
+    const TYPE: &'static str = "http-request";
+    const SUMMARY: &'static str =
+        "Calls an HTTP endpoint (templated URL, retries, TLS); the answer goes to payload.";
+    type Config = HttpRequestConfig;
+
+    fn build(config: HttpRequestConfig, _ctx: &BuildCtx<'_>) -> Result<NodeSpec, BuildError> {
+        let url = config
+            .url
+            .as_deref()
+            .map(Template::parse)
+            .transpose()
+            .map_err(|e| BuildError::field("url", e))?;
+        let mut headers = HeaderMap::new();
+        for (name, value) in &config.headers {
+            let (name, value) =
+                header_pair(name, value).map_err(|e| BuildError::field("headers", e))?;
+            headers.insert(name, value);
+        }
+        if config.concurrency == 0 {
+            return Err(BuildError::field("concurrency", "must be at least 1"));
+        }
+        if config.timeout.get().is_zero() {
+            return Err(BuildError::field("timeout", "must be longer than 0s"));
+        }
+        Ok(NodeSpec::task(
+            true,
+            1,
+            HttpRequestNode {
+                settings: Arc::new(Settings {
+                    method: config.method.map(HttpMethod::to_method),
+                    url,
+                    headers,
+                    timeout: config.timeout.get(),
+                    retries: config.retries,
+                    backoff: config.retry_backoff.get(),
+                    max_response: config.max_response.get(),
+                    response: config.response,
+                }),
+                concurrency: config.concurrency,
+            },
+        ))
+    }
+}
+
+struct HttpRequestNode {
+    settings: Arc<Settings>,
+    concurrency: usize,
+}
+
+#[derive(Debug)]
+struct Settings {
+    method: Option<Method>,
+    url: Option<Template>,
+    headers: HeaderMap,
+    timeout: std::time::Duration,
+    retries: u32,
+    backoff: std::time::Duration,
+    max_response: usize,
+    response: ResponseAs,
+}
+
+#[runnel_engine::async_trait]
+impl TaskNode for HttpRequestNode {
+    async fn run(self: Box<Self>, ctx: &mut NodeCtx) -> Result<(), NodeError> {
+        let client = reqwest::Client::builder()
+            .timeout(self.settings.timeout)
+            .connect_timeout(self.settings.timeout.min(std::time::Duration::from_secs(10)))
+            .build()
+            .map_err(|e| NodeError::new(format!("cannot create the HTTP client: {e}")))?;
+        ctx.set_status(NodeStatus::ok("ready"));
+        let mut in_flight = FuturesUnordered::new();
+        loop {
+            tokio::select! {
+                msg = ctx.recv(), if in_flight.len() < self.concurrency => {
+                    let Some(msg) = msg else { break };
+                    in_flight.push(call(self.settings.clone(), client.clone(), msg));
+                }
+                Some(done) = in_flight.next(), if !in_flight.is_empty() => {
+                    finish(ctx, done).await;
+                }
+            }
+        }
+        while let Some(done) = in_flight.next().await {
+            finish(ctx, done).await;
+        }
+        Ok(())
+    }
+}
+
+async fn finish(ctx: &mut NodeCtx, done: Result<Msg, NodeError>) {
+    match done {
+        Ok(msg) => ctx.send(0, msg).await,
+        Err(error) => ctx.report_error(error),
+    }
+}
+
+/// One message: build the request, send it with retries, read the answer.
+async fn call(settings: Arc<Settings>, client: reqwest::Client, mut msg: Msg) -> Result<Msg, NodeError> {
+    let request = match build_request(&settings, &client, &msg) {
+        Ok(request) => request,
+        Err(error) => return Err(NodeError::new(error).with_msg(msg)),
+    };
+    let shown = redacted(request.url());
+    let label = format!("{} {shown}", request.method());
+    let response = match send_with_retries(&settings, &client, request).await {
+        Ok(response) => response,
+        Err(error) => return Err(NodeError::new(format!("{label}: {error}")).with_msg(msg)),
+    };
+    let status = response.status();
+    let headers = headers_to_value(response.headers());
+    let response_url = redacted(response.url());
+    let content_type = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let body = match read_limited(response, settings.max_response).await {
+        Ok(body) => body,
+        Err(error) => return Err(NodeError::new(format!("{label}: {error}")).with_msg(msg)),
+    };
+    let payload = match decode_body(settings.response, &content_type, body) {
+        Ok(payload) => payload,
+        Err(error) => return Err(NodeError::new(format!("{label}: {error}")).with_msg(msg)),
+    };
+    let props = msg.props_mut();
+    props.insert("payload".into(), payload);
+    props.insert("statusCode".into(), Value::from(u64::from(status.as_u16())));
+    props.insert("headers".into(), headers);
+    props.insert("responseUrl".into(), Value::from(response_url));
+    Ok(msg)
+}
+
+fn build_request(
+    settings: &Settings,
+    client: &reqwest::Client,
+    msg: &Msg,
+) -> Result<reqwest::Request, String> {
+    let method = match (&settings.method, msg.props().get("method")) {
+        (Some(method), _) => method.clone(),
+        (None, Some(Value::String(text))) => {
+            Method::from_bytes(text.trim().to_ascii_uppercase().as_bytes())
+                .map_err(|_| format!("msg.method {text:?} is not an HTTP method"))?
+        }
+        (None, Some(Value::Null) | None) => Method::GET,
+        (None, Some(other)) => {
+            return Err(format!(
+                "msg.method must be a string, got {}",
+                other.type_name()
+            ));
+        }
+    };
+    let url_text = match &settings.url {
+        Some(template) => template.render(msg)?,
+        None => match msg.props().get("url") {
+            Some(Value::String(url)) => url.to_string(),
+            _ => return Err("no URL: set `url` in the node or msg.url".to_string()),
+        },
+    };
+    let url = Url::parse(&url_text).map_err(|e| format!("invalid URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!(
+            "unsupported URL scheme {:?}, expected http or https",
+            url.scheme()
+        ));
+    }
+    let mut headers = settings.headers.clone();
+    match msg.props().get("headers") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(map)) => {
+            for (name, value) in map.iter() {
+                let text = match value {
+                    Value::String(s) => s.to_string(),
+                    Value::Number(_) | Value::Bool(_) => value.to_text(),
+                    other => {
+                        return Err(format!(
+                            "msg.headers.{name} must be a string or number, got {}",
+                            other.type_name()
+                        ));
+                    }
+                };
+                let (name, value) = header_pair(name, &text)?;
+                headers.insert(name, value);
+            }
+        }
+        Some(other) => {
+            return Err(format!(
+                "msg.headers must be an object, got {}",
+                other.type_name()
+            ));
+        }
+    }
+    let mut builder = client.request(method.clone(), url);
+    if method != Method::GET && method != Method::HEAD {
+        let (body, content_type) = crate::http_response::body_of(msg.payload());
+        if let Some(content_type) = content_type {
+            headers
+                .entry(CONTENT_TYPE)
+                .or_insert(HeaderValue::from_static(content_type));
+        }
+        builder = builder.body(body);
+    }
+    builder
+        .headers(headers)
+        .build()
+        .map_err(|e| format!("cannot build the request: {}", e.without_url()))
+}
+
+async fn send_with_retries(
+    settings: &Settings,
+    client: &reqwest::Client,
+    request: reqwest::Request,
+) -> Result<reqwest::Response, String> {
+    let mut delay = settings.backoff;
+    let mut attempt = 0u32;
+    loop {
+        let Some(this_try) = request.try_clone() else {
+            return Err("the request body cannot be retried".to_string());
+        };
+        let retry_left = attempt < settings.retries;
+        match client.execute(this_try).await {
+            Ok(response) if response.status().is_server_error() && retry_left => {
+                tracing::debug!(status = response.status().as_u16(), attempt, "server error; retrying");
+            }
+            Ok(response) => return Ok(response),
+            Err(error) if error.is_connect() && retry_left => {
+                tracing::debug!(error = %error.without_url(), attempt, "connection failed; retrying");
+            }
+            Err(error) => {
+                let attempts = attempt + 1;
+                let error = error.without_url();
+                let what = if error.is_timeout() {
+                    "timed out".to_string()
+                } else if error.is_connect() {
+                    format!("cannot connect: {error}")
+                } else {
+                    error.to_string()
+                };
+                return Err(format!("{what} (after {attempts} attempt(s))"));
+            }
+        }
+        tokio::time::sleep(delay).await;
+        delay = delay.saturating_mul(2);
+        attempt += 1;
+    }
+}
+
+async fn read_limited(mut response: reqwest::Response, limit: usize) -> Result<bytes::Bytes, String> {
+    if response
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n > limit as u64)
+    {
+        return Err(format!("answer body larger than max_response ({limit} bytes)"));
+    }
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| format!("cannot read the answer: {}", e.without_url()))?
+    {
+        if body.len() + chunk.len() > limit {
+            return Err(format!("answer body larger than max_response ({limit} bytes)"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+fn decode_body(how: ResponseAs, content_type: &str, body: bytes::Bytes) -> Result<Value, String> {
+    let mime = content_type.split(';').next().unwrap_or("").trim();
+    let is_json = mime == "application/json" || mime.ends_with("+json");
+    match how {
+        ResponseAs::Bytes => Ok(Value::Bytes(body)),
+        ResponseAs::Text => Ok(Value::from(String::from_utf8_lossy(&body).into_owned())),
+        ResponseAs::Json => {
+            Value::from_json_slice(&body).map_err(|e| format!("the answer is not JSON: {e}"))
+        }
+        ResponseAs::Auto => {
+            if is_json && !body.is_empty() {
+                if let Ok(value) = Value::from_json_slice(&body) {
+                    return Ok(value);
+                }
+                tracing::debug!("answer labelled JSON is not JSON; kept as text");
+            }
+            let binary = mime.starts_with("image/")
+                || mime.starts_with("audio/")
+                || mime.starts_with("video/")
+                || mime == "application/octet-stream";
+            if !binary && let Ok(text) = std::str::from_utf8(&body) {
+                return Ok(Value::from(text));
+            }
+            Ok(Value::Bytes(body))
+        }
+    }
+}
+
+/// The URL without credentials, for errors and `msg.responseUrl`.
+fn redacted(url: &Url) -> String {
+    let mut shown = url.clone();
+    if !shown.username().is_empty() || shown.password().is_some() {
+        let _ = shown.set_username("");
+        let _ = shown.set_password(None);
+    }
+    shown.to_string()
+}
+
+fn header_pair(name: &str, value: &str) -> Result<(HeaderName, HeaderValue), String> {
+    let header = HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| format!("invalid header name {name:?}"))?;
+    let value =
+        HeaderValue::from_str(value).map_err(|_| format!("invalid value for header {name:?}"))?;
+    Ok((header, value))
+}
+
+/// A URL with `{{path}}` (encoded) and `{{{path}}}` (raw) placeholders.
+#[derive(Debug, Clone)]
+struct Template {
+    parts: Vec<Part>,
+}
+
+#[derive(Debug, Clone)]
+enum Part {
+    Text(String),
+    Encoded(PropPath),
+    Raw(PropPath),
+}
+
+/// What a URL component may hold unescaped: RFC 3986 unreserved characters.
+const COMPONENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+impl Template {
+    fn parse(text: &str) -> Result<Self, String> {
+        let mut parts = Vec::new();
+        let mut rest = text;
+        while let Some(start) = rest.find("{{") {
+            if start > 0 {
+                parts.push(Part::Text(rest[..start].to_string()));
+            }
+            let raw = rest[start..].starts_with("{{{");
+            let (open, close) = if raw { (3, "}}}") } else { (2, "}}") };
+            let after = &rest[start + open..];
+            let Some(end) = after.find(close) else {
+                return Err(format!("unclosed placeholder in {text:?}"));
+            };
+            let name = after[..end].trim();
+            let name = name.strip_prefix("msg.").unwrap_or(name);
+            let path = PropPath::parse(name).map_err(|e| e.to_string())?;
+            parts.push(if raw {
+                Part::Raw(path)
+            } else {
+                Part::Encoded(path)
+            });
+            rest = &after[end + close.len()..];
+        }
+        if !rest.is_empty() {
+            parts.push(Part::Text(rest.to_string()));
+        }
+        Ok(Template { parts })
+    }
+
+    fn render(&self, msg: &Msg) -> Result<String, String> {
+        let mut out = String::new();
+        for part in &self.parts {
+            let (path, encode) = match part {
+                Part::Text(text) => {
+                    out.push_str(text);
+                    continue;
+                }
+                Part::Encoded(path) => (path, true),
+                Part::Raw(path) => (path, false),
+            };
+            let value = match msg.get(path) {
+                None | Some(Value::Null) => {
+                    return Err(format!("url: msg.{path} is missing"));
+                }
+                Some(value) => value.to_text(),
+            };
+            if encode {
+                out.extend(percent_encoding::utf8_percent_encode(&value, COMPONENT));
+            } else {
+                out.push_str(&value);
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn msg(json: serde_json::Value) -> Msg {
+        let mut msg = Msg::new(Value::Null);
+        if let Value::Object(map) = Value::from(json) {
+            for (k, v) in map.iter() {
+                msg.props_mut().insert(k.clone(), v.clone());
+            }
+        }
+        msg
+    }
+
+    #[test]
+    fn templates_encode_by_default_and_refuse_missing_values() {
+        let t = Template::parse("{{{base}}}/devices/{{msg.payload.id}}?t={{ topic }}").unwrap();
+        let m = msg(serde_json::json!({
+            "base": "http://h:1/api",
+            "payload": {"id": "a/b c"},
+            "topic": 7
+        }));
+        assert_eq!(t.render(&m).unwrap(), "http://h:1/api/devices/a%2Fb%20c?t=7");
+        let error = t.render(&msg(serde_json::json!({"base": "x"}))).unwrap_err();
+        assert!(error.contains("payload.id"), "{error}");
+        assert!(Template::parse("http://x/{{payload").is_err());
+        assert!(Template::parse("http://x/{{pay..load}}").is_err());
+    }
+
+    #[test]
+    fn bodies_decode_by_content_type() {
+        let b = |s: &'static [u8]| bytes::Bytes::from_static(s);
+        assert_eq!(
+            decode_body(ResponseAs::Auto, "application/json; charset=utf-8", b(b"{\"a\":1}"))
+                .unwrap()
+                .to_json(),
+            serde_json::json!({"a": 1})
+        );
+        assert_eq!(
+            decode_body(ResponseAs::Auto, "text/plain", b(b"hi")).unwrap(),
+            Value::from("hi")
+        );
+        assert_eq!(
+            decode_body(ResponseAs::Auto, "", b(b"\xff\x00")).unwrap(),
+            Value::Bytes(b(b"\xff\x00"))
+        );
+        assert_eq!(
+            decode_body(ResponseAs::Auto, "application/octet-stream", b(b"ok")).unwrap(),
+            Value::Bytes(b(b"ok"))
+        );
+        assert!(decode_body(ResponseAs::Json, "", b(b"nope")).is_err());
+    }
+
+    #[test]
+    fn credentials_never_show() {
+        let url = Url::parse("https://user:secret@example.invalid/x?y=1").unwrap();
+        assert_eq!(redacted(&url), "https://example.invalid/x?y=1");
+    }
+
+    #[test]
+    fn config_is_validated() {
+        use runnel_engine::testing::build;
+        assert!(build::<HttpRequest>("{url: 'http://x/{{payload'}").is_err());
+        assert!(build::<HttpRequest>("{concurrency: 0}").is_err());
+        assert!(build::<HttpRequest>("{headers: {'bad name': x}}").is_err());
+        assert!(build::<HttpRequest>(
+            "{method: post, url: 'http://127.0.0.1:1/{{payload.id}}', retries: 0, timeout: 2s}"
+        )
+        .is_ok());
+    }
+}
