@@ -115,7 +115,10 @@ pub async fn get_flow(
         .ok_or_else(|| not_found(&name))?;
     let rev = revision(&text);
     let mut response = (
-        [(CONTENT_TYPE, HeaderValue::from_static("application/yaml; charset=utf-8"))],
+        [(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/yaml; charset=utf-8"),
+        )],
         text,
     )
         .into_response();
@@ -132,7 +135,9 @@ pub async fn flow_info(
     check_name(&name)?;
     let Some(info) = state.engine().flow(&name).await else {
         if flow_path(&state, &name).await.is_some() {
-            return Ok(Json(json!({"name": name, "running": false, "nodes": [], "layout": null})));
+            return Ok(Json(
+                json!({"name": name, "running": false, "nodes": [], "layout": null}),
+            ));
         }
         return Err(not_found(&name));
     };
@@ -198,7 +203,10 @@ pub async fn put_flow(
     let current = current_text(&state, &name).await;
     let path = match &current {
         Some((path, _)) => path.clone(),
-        None => state.files().new_file(&name).ok_or_else(|| not_found(&name))?,
+        None => state
+            .files()
+            .new_file(&name)
+            .ok_or_else(|| not_found(&name))?,
     };
     let current_rev = current.as_ref().map(|(_, text)| revision(text));
     if let Some(base) = &base {
@@ -223,8 +231,8 @@ pub async fn put_flow(
     };
     let warnings = public_diagnostics(flow.warnings.clone());
     let rev = revision(&text);
-    let unchanged = current_rev.as_deref() == Some(rev.as_str())
-        && state.engine().flow(&name).await.is_some();
+    let unchanged =
+        current_rev.as_deref() == Some(rev.as_str()) && state.engine().flow(&name).await.is_some();
     if !unchanged {
         let write_path = path.clone();
         tokio::task::spawn_blocking(move || write_atomic(&write_path, &text))
@@ -297,7 +305,9 @@ pub async fn list_nodes(State(state): State<WebState>) -> Json<Json_> {
 
 /// `GET /api/schema`: the JSON Schema of flow files.
 pub async fn flow_schema(State(state): State<WebState>) -> Json<Json_> {
-    Json(runnel_engine::schema::flow_schema(state.engine().registry()))
+    Json(runnel_engine::schema::flow_schema(
+        state.engine().registry(),
+    ))
 }
 
 /// `GET /api/traces/{msgid}`: where a message went.
@@ -306,7 +316,9 @@ pub async fn get_trace(
     UrlPath(msgid): UrlPath<String>,
 ) -> Result<Json<Json_>, ApiError> {
     let id = MsgId::parse(&msgid).ok_or_else(|| {
-        ApiError::BadRequest(format!("invalid message id {msgid:?}: expected 16 hex digits"))
+        ApiError::BadRequest(format!(
+            "invalid message id {msgid:?}: expected 16 hex digits"
+        ))
     })?;
     let store = &state.engine().shared().trace;
     trace_json(store, id).map(Json).ok_or_else(|| {

@@ -86,14 +86,21 @@ fn percent_decode(text: &str) -> String {
 
 /// Middleware: lets the request through when no token is configured or the
 /// right one is presented; otherwise 401 with a JSON error.
-pub async fn require_token(State(state): State<WebState>, request: Request, next: Next) -> Response {
+pub async fn require_token(
+    State(state): State<WebState>,
+    request: Request,
+    next: Next,
+) -> Response {
     let Some(expected) = state.admin_token() else {
         return next.run(request).await;
     };
     match presented_token(&request) {
         Some(token) if expected.matches(&token) => next.run(request).await,
         _ => {
-            tracing::debug!(path = request.uri().path(), "admin request refused: bad token");
+            tracing::debug!(
+                path = request.uri().path(),
+                "admin request refused: bad token"
+            );
             ApiError::Unauthorized.into_response()
         }
     }

@@ -123,7 +123,11 @@ async fn run(mut socket: WebSocket, state: WebState, flow: Option<String>) {
         "interval_ms": settings.interval.as_millis(),
         "max_per_batch": settings.max_per_batch,
     });
-    if socket.send(Message::Text(Utf8Bytes::from(hello.to_string()))).await.is_err() {
+    if socket
+        .send(Message::Text(Utf8Bytes::from(hello.to_string())))
+        .await
+        .is_err()
+    {
         return;
     }
     tracing::debug!(flow = ?flow, "debug socket opened");

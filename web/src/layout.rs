@@ -251,7 +251,10 @@ pub fn layout(nodes: &[NodeInfo]) -> Layout {
                 y,
                 width: NODE_WIDTH,
                 height,
-                input: node.has_input.then_some(Point { x, y: y + height / 2.0 }),
+                input: node.has_input.then_some(Point {
+                    x,
+                    y: y + height / 2.0,
+                }),
                 outputs,
             });
             y += height + ROW_GAP;

@@ -66,12 +66,12 @@ pub async fn render(state: &WebState) -> Result<String, std::fmt::Error> {
         }
     }
 
+    registry.register("node_received", "Messages a node received", received);
     registry.register(
-        "node_received",
-        "Messages a node received",
-        received,
+        "node_sent",
+        "Messages a node sent (one per port send)",
+        sent,
     );
-    registry.register("node_sent", "Messages a node sent (one per port send)", sent);
     registry.register("node_errors", "Errors a node reported", errors);
     registry.register(
         "node_dropped",
@@ -113,9 +113,7 @@ pub async fn metrics(State(state): State<WebState>) -> Result<Response, ApiError
     Ok((
         [(
             CONTENT_TYPE,
-            HeaderValue::from_static(
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            ),
+            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
         )],
         text,
     )

@@ -184,13 +184,35 @@ mod tests {
         let store = TraceStore::new(16, 16);
         store.set_enabled(true);
         let (parent, child) = (MsgId::next(), MsgId::next());
-        store.record(event(parent, Some("tick"), TraceEventKind::Sent { port: 0 }, 10));
+        store.record(event(
+            parent,
+            Some("tick"),
+            TraceEventKind::Sent { port: 0 },
+            10,
+        ));
         store.record(event(parent, Some("split"), TraceEventKind::Received, 20));
         store.record(event(child, None, TraceEventKind::Derived { parent }, 25));
-        store.record(event(child, Some("split"), TraceEventKind::Sent { port: 1 }, 30));
+        store.record(event(
+            child,
+            Some("split"),
+            TraceEventKind::Sent { port: 1 },
+            30,
+        ));
         store.record(event(child, Some("show"), TraceEventKind::Received, 40));
-        store.record(event(child, Some("show"), TraceEventKind::Error { message: "bad".into() }, 45));
-        store.record(event(child, None, TraceEventKind::Finished { errored: true }, 50));
+        store.record(event(
+            child,
+            Some("show"),
+            TraceEventKind::Error {
+                message: "bad".into(),
+            },
+            45,
+        ));
+        store.record(event(
+            child,
+            None,
+            TraceEventKind::Finished { errored: true },
+            50,
+        ));
 
         let json = trace_json(&store, child).unwrap_or_default();
         let hops = json["hops"].as_array().cloned().unwrap_or_default();
