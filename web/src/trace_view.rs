@@ -27,7 +27,9 @@ pub struct Hop {
     pub left: Option<String>,
     /// The output ports it was sent on.
     pub ports: Vec<usize>,
-    /// Microseconds from receiving to the last send or the error.
+    /// Microseconds from receiving to the last send or the error; for a
+    /// node that sent nothing (a sink), to the message's next event (it
+    /// finishing, usually).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub micros: Option<u64>,
     /// The error, if the node failed on it.
@@ -37,6 +39,8 @@ pub struct Hop {
     received_at: Option<SystemTime>,
     #[serde(skip)]
     left_at: Option<SystemTime>,
+    #[serde(skip)]
+    received_index: usize,
 }
 
 fn rfc3339(time: SystemTime) -> String {
@@ -66,7 +70,7 @@ pub fn collect_events(store: &TraceStore, id: MsgId) -> Vec<TraceEvent> {
 /// One hop per node visit, in the order the message reached them.
 pub fn hops(events: &[TraceEvent]) -> Vec<Hop> {
     let mut hops: Vec<Hop> = Vec::new();
-    for event in events {
+    for (index, event) in events.iter().enumerate() {
         let Some(node) = &event.node else {
             continue;
         };
@@ -93,6 +97,7 @@ pub fn hops(events: &[TraceEvent]) -> Vec<Hop> {
                 error: None,
                 received_at: Some(event.time),
                 left_at: None,
+                received_index: index,
             }),
             TraceEventKind::Sent { port } => {
                 let index = match open {
@@ -108,6 +113,7 @@ pub fn hops(events: &[TraceEvent]) -> Vec<Hop> {
                             error: None,
                             received_at: None,
                             left_at: None,
+                            received_index: index,
                         });
                         hops.len() - 1
                     }
@@ -129,7 +135,14 @@ pub fn hops(events: &[TraceEvent]) -> Vec<Hop> {
         }
     }
     for hop in &mut hops {
-        if let (Some(start), Some(end)) = (hop.received_at, hop.left_at) {
+        let end = hop.left_at.or_else(|| {
+            hop.received_at?;
+            events[hop.received_index + 1..]
+                .iter()
+                .find(|e| e.msg_id.to_string() == hop.msgid)
+                .map(|e| e.time)
+        });
+        if let (Some(start), Some(end)) = (hop.received_at, end) {
             hop.micros = end
                 .duration_since(start)
                 .ok()
@@ -227,5 +240,29 @@ mod tests {
         assert_eq!(json["finished"]["errored"], true);
         assert_eq!(json["events"].as_array().map(Vec::len), Some(7));
         assert!(trace_json(&store, MsgId::next()).is_none());
+    }
+
+    #[test]
+    fn a_sink_is_timed_until_the_message_finishes() {
+        let store = TraceStore::new(16, 16);
+        store.set_enabled(true);
+        let id = MsgId::next();
+        store.record(event(
+            id,
+            Some("src"),
+            TraceEventKind::Sent { port: 0 },
+            100,
+        ));
+        store.record(event(id, Some("sink"), TraceEventKind::Received, 110));
+        store.record(event(
+            id,
+            None,
+            TraceEventKind::Finished { errored: false },
+            135,
+        ));
+        let json = trace_json(&store, id).unwrap_or_default();
+        assert_eq!(json["hops"][1]["node"], "sink");
+        assert_eq!(json["hops"][1]["micros"], 25);
+        assert!(json["hops"][1].get("left").is_none());
     }
 }

@@ -375,13 +375,14 @@
     }
     state.trace = body;
     highlightTrace(body);
+    const derived = new Set(body.hops.map((h) => h.msgid)).size > 1; // show ids only if they change
     const rows = body.hops.map((hop, i) => el("tr", { class: "hop" + (hop.error ? " error" : ""), "data-node": hop.node },
       el("td", { class: "num" }, i + 1),
       el("td", {}, hop.node),
       el("td", { class: "num" }, hop.ports.length ? hop.ports.join(",") : (hop.error ? "error" : "—")),
       el("td", {}, (hop.received || hop.left || "").replace(/^.*T/, "")),
       el("td", { class: "num" }, micros(hop.micros)),
-      el("td", { class: "mono" }, hop.msgid)));
+      derived ? el("td", { class: "mono" }, hop.msgid) : null));
     const finished = body.finished
       ? el("p", { class: body.finished.errored ? "error" : "muted" }, "finished " + body.finished.time.replace(/^.*T/, "") + (body.finished.errored ? " with an error" : ""))
       : el("p", { class: "muted" }, "not finished yet");
@@ -389,7 +390,7 @@
     traceResult.replaceChildren(
       el("p", {}, "message ", el("code", {}, body.msgid), " in flow ", el("code", {}, body.flow || "?")),
       el("table", { class: "hops" },
-        el("thead", {}, el("tr", {}, el("th", {}, "#"), el("th", {}, "node"), el("th", {}, "port"), el("th", {}, "at"), el("th", {}, "time in node"), el("th", {}, "_msgid"))),
+        el("thead", {}, el("tr", {}, el("th", {}, "#"), el("th", {}, "node"), el("th", {}, "port"), el("th", {}, "at"), el("th", {}, "time in node"), derived ? el("th", {}, "_msgid") : null)),
         el("tbody", {}, rows)),
       ...errors, finished);
   }
