@@ -28,6 +28,12 @@ pub mod http_request;
 pub mod http_response;
 pub mod http_server;
 
+// MQTT.
+pub mod mqtt_broker;
+mod mqtt_conn;
+pub mod mqtt_in;
+pub mod mqtt_out;
+
 use runnel_engine::Registry;
 
 /// Registers every node type of this crate.
@@ -49,6 +55,11 @@ pub fn register_all(registry: &mut Registry) -> &mut Registry {
         .register::<http_response::HttpResponse>()
         .register::<http_request::HttpRequest>()
         .register::<geo_store::GeoStore>();
+    // MQTT.
+    registry
+        .register_config::<mqtt_broker::MqttBroker>()
+        .register::<mqtt_in::MqttIn>()
+        .register::<mqtt_out::MqttOut>();
     registry
 }
 

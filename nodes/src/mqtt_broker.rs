@@ -1,0 +1,328 @@
+//! `mqtt-broker`: a config node holding one MQTT connection, shared by every
+//! `mqtt-in` and `mqtt-out` node that names it in `broker:`.
+//!
+//! ```yaml
+//! config:
+//!   - id: broker
+//!     type: mqtt-broker
+//!     host: "${MQTT_HOST:-127.0.0.1}"
+//!     port: 1883
+//!     username: "${MQTT_USER}"
+//!     password: "${MQTT_PASSWORD}"
+//! ```
+//!
+//! Building does no I/O. The connection opens when the first node using it
+//! starts and closes when the last one stops (see `mqtt_conn`).
+
+use std::sync::Arc;
+
+use runnel_engine::schemars::{self, JsonSchema};
+use runnel_engine::{BuildCtx, BuildError, ConfigNodeType, Duration};
+use serde::Deserialize;
+
+use crate::mqtt_conn::{self, BrokerHandle, Secret, Settings, TlsFiles, Will};
+
+/// The `mqtt-broker` config node type.
+#[derive(Debug)]
+pub struct MqttBroker;
+
+/// Config of `mqtt-broker`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MqttBrokerConfig {
+    /// Broker host name or IP address.
+    pub host: String,
+    /// Broker port (default 1883; 8883 is usual with `tls`). A string is
+    /// accepted so that `"${MQTT_PORT:-1883}"` works.
+    #[serde(default)]
+    pub port: Option<PortValue>,
+    /// MQTT client id. Default: `runnel-<flow>-<this node's id>`, stable
+    /// across restarts so that a persistent session is found again. Two
+    /// processes connecting with one client id kick each other off: give
+    /// replicas distinct ids.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// User name (use `${ENV}`, e.g. `"${MQTT_USER}"`; empty means none).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Password (use `${ENV}`; never logged or shown).
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// Keep-alive interval (default `60s`).
+    #[serde(default)]
+    pub keepalive: Option<Duration>,
+    /// Start a clean session on every connect (default `false`). With
+    /// `false` the broker keeps the subscriptions and queues QoS 1/2
+    /// messages while runnel is away, which at-least-once delivery needs.
+    #[serde(default)]
+    pub clean_session: bool,
+    /// MQTT protocol version: only `"3.1.1"` (the default) is supported.
+    #[serde(default)]
+    pub protocol: Option<String>,
+    /// Message the broker publishes if runnel disappears without
+    /// disconnecting.
+    #[serde(default)]
+    pub will: Option<WillConfig>,
+    /// Connect with TLS (rustls).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Most packet bytes accepted or sent (default 16 MiB). A larger
+    /// incoming packet breaks the connection (rumqttc cannot skip it); keep
+    /// `mqtt-in`'s `max_payload` below this to report oversized messages
+    /// instead.
+    #[serde(default)]
+    pub max_packet_size: Option<usize>,
+    /// Most outgoing QoS 1/2 messages waiting for the broker's ack, across
+    /// all `mqtt-out` nodes (default 100); `mqtt-out` waits beyond that, so
+    /// back-pressure reaches the flow.
+    #[serde(default)]
+    pub max_inflight: Option<u16>,
+    /// First reconnect delay (default `250ms`); doubles per failure, with
+    /// jitter, up to `reconnect_max`.
+    #[serde(default)]
+    pub reconnect_min: Option<Duration>,
+    /// Longest reconnect delay (default `10s`).
+    #[serde(default)]
+    pub reconnect_max: Option<Duration>,
+    /// Most QoS 0 messages queued per `mqtt-in` node before new ones are
+    /// dropped and counted (default 10000). QoS 1/2 are never dropped.
+    #[serde(default)]
+    pub qos0_buffer: Option<usize>,
+}
+
+/// A port as a number or as text (after `${VAR}` substitution).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum PortValue {
+    /// `1883`.
+    Number(u16),
+    /// `"1883"`.
+    Text(String),
+}
+
+/// A last will.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WillConfig {
+    /// Topic of the will message.
+    pub topic: String,
+    /// Payload text (default empty).
+    #[serde(default)]
+    pub payload: String,
+    /// QoS 0, 1 or 2 (default 0).
+    #[serde(default)]
+    pub qos: u8,
+    /// Retain the will message (default false).
+    #[serde(default)]
+    pub retain: bool,
+}
+
+/// TLS settings. Files are read when connecting, not when the flow loads.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file of the CA that signed the broker's certificate.
+    pub ca_file: String,
+    /// PEM client certificate, for mutual TLS (with `key_file`).
+    #[serde(default)]
+    pub cert_file: Option<String>,
+    /// PEM private key of `cert_file`.
+    #[serde(default)]
+    pub key_file: Option<String>,
+}
+
+fn non_empty(value: Option<String>) -> Option<String> {
+    value.filter(|v| !v.trim().is_empty())
+}
+
+/// `runnel-<flow>-<node>`: the same on every start of the same flow file.
+fn default_client_id(flow: &runnel_engine::FlowId, node: &runnel_engine::NodeId) -> String {
+    format!("runnel-{flow}-{node}")
+}
+
+impl MqttBroker {
+    fn settings(config: MqttBrokerConfig, ctx: &BuildCtx<'_>) -> Result<Settings, BuildError> {
+        if config.host.trim().is_empty() {
+            return Err(BuildError::field("host", "empty host, expected a host name or IP address"));
+        }
+        let port = match config.port {
+            None => 1883,
+            Some(PortValue::Number(0)) => {
+                return Err(BuildError::field("port", "port 0, expected 1-65535"));
+            }
+            Some(PortValue::Number(port)) => port,
+            Some(PortValue::Text(text)) => match text.trim().parse::<u16>() {
+                Ok(port) if port > 0 => port,
+                _ => {
+                    return Err(BuildError::field(
+                        "port",
+                        format!("invalid port {text:?}, expected a number 1-65535"),
+                    ));
+                }
+            },
+        };
+        if let Some(protocol) = &config.protocol {
+            if !matches!(protocol.as_str(), "3.1.1" | "4") {
+                return Err(BuildError::field(
+                    "protocol",
+                    format!("unsupported protocol {protocol:?}, expected \"3.1.1\" (MQTT 5 is not supported yet)"),
+                ));
+            }
+        }
+        let client_id = non_empty(config.client_id)
+            .unwrap_or_else(|| default_client_id(ctx.flow(), ctx.node_id()));
+        let username = non_empty(config.username);
+        let password = config.password.filter(|p| !p.0.is_empty());
+        if password.is_some() && username.is_none() {
+            return Err(BuildError::field(
+                "password",
+                "a password without a username; MQTT 3.1.1 needs both",
+            ));
+        }
+        let will = match config.will {
+            None => None,
+            Some(will) => {
+                mqtt_conn::check_topic(&will.topic).map_err(|e| BuildError::field("will", e))?;
+                let qos = mqtt_conn::qos_from(will.qos)
+                    .ok_or_else(|| BuildError::field("will", "qos must be 0, 1 or 2"))?;
+                Some(Will {
+                    topic: will.topic,
+                    payload: will.payload,
+                    qos,
+                    retain: will.retain,
+                })
+            }
+        };
+        let tls = match config.tls {
+            None => None,
+            Some(tls) => {
+                if tls.cert_file.is_some() != tls.key_file.is_some() {
+                    return Err(BuildError::field(
+                        "tls",
+                        "cert_file and key_file go together (mutual TLS needs both)",
+                    ));
+                }
+                Some(TlsFiles {
+                    ca_file: tls.ca_file,
+                    client_cert_file: tls.cert_file,
+                    client_key_file: tls.key_file,
+                })
+            }
+        };
+        let keepalive = config.keepalive.map_or(std::time::Duration::from_secs(60), Duration::get);
+        if keepalive < std::time::Duration::from_secs(1) {
+            return Err(BuildError::field("keepalive", "keepalive must be at least 1s"));
+        }
+        let max_packet_size = config.max_packet_size.unwrap_or(16 * 1024 * 1024);
+        if !(1024..=268_435_455).contains(&max_packet_size) {
+            return Err(BuildError::field(
+                "max_packet_size",
+                "max_packet_size must be between 1024 and 268435455 bytes",
+            ));
+        }
+        let max_inflight = config.max_inflight.unwrap_or(100);
+        if max_inflight == 0 || max_inflight > 65_000 {
+            return Err(BuildError::field("max_inflight", "max_inflight must be 1-65000"));
+        }
+        let reconnect_min = config
+            .reconnect_min
+            .map_or(std::time::Duration::from_millis(250), Duration::get)
+            .max(std::time::Duration::from_millis(10));
+        let reconnect_max = config
+            .reconnect_max
+            .map_or(std::time::Duration::from_secs(10), Duration::get)
+            .max(reconnect_min);
+        Ok(Settings {
+            host: config.host,
+            port,
+            client_id,
+            username,
+            password,
+            keepalive,
+            clean_session: config.clean_session,
+            will,
+            tls,
+            max_packet_size,
+            max_inflight,
+            reconnect_min,
+            reconnect_max,
+            connect_timeout: std::time::Duration::from_secs(5),
+            qos0_buffer: config.qos0_buffer.unwrap_or(10_000).max(1),
+        })
+    }
+}
+
+impl ConfigNodeType for MqttBroker {
+    const TYPE: &'static str = "mqtt-broker";
+    const SUMMARY: &'static str =
+        "An MQTT 3.1.1 broker connection (TLS, credentials, persistent session), shared by mqtt-in and mqtt-out.";
+    type Config = MqttBrokerConfig;
+    type Handle = BrokerHandle;
+
+    fn build(config: Self::Config, ctx: &BuildCtx<'_>) -> Result<Arc<BrokerHandle>, BuildError> {
+        let settings = MqttBroker::settings(config, ctx)?;
+        Ok(Arc::new(BrokerHandle::new(settings, ctx.monitor())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use std::path::Path;
+
+    use runnel_engine::{EngineSettings, EngineShared, Loader, Registry};
+
+    use super::*;
+
+    fn registry() -> Arc<Registry> {
+        let mut registry = Registry::new();
+        registry.register_config::<MqttBroker>();
+        registry.register::<crate::mqtt_out::MqttOut>();
+        registry.into_shared()
+    }
+
+    fn load(config: &str) -> Result<String, String> {
+        let text = format!(
+            "config:\n  - {config}\nnodes:\n  - {{id: out, type: mqtt-out, broker: b, topic: t}}\n"
+        );
+        let loader = Loader::new(registry(), EngineShared::new(EngineSettings::default()));
+        let env: std::collections::HashMap<String, String> =
+            [("PW".to_string(), "hunter2".to_string())].into();
+        loader
+            .load_with_env(Path::new("flow.yaml"), &text, &env)
+            .map(|flow| format!("{:?}", flow.nodes))
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn accepts_a_full_config_and_builds_without_io() {
+        load("{id: b, type: mqtt-broker, host: 127.0.0.1, port: \"1\", username: u, password: \"${PW}\", keepalive: 5s, clean_session: true, will: {topic: status, payload: gone, qos: 1, retain: true}, max_inflight: 10}")
+            .unwrap();
+    }
+
+    #[test]
+    fn rejects_bad_fields_with_their_names() {
+        let error = load("{id: b, type: mqtt-broker, host: h, port: \"x\"}").unwrap_err();
+        assert!(error.contains("port"), "{error}");
+        let error = load("{id: b, type: mqtt-broker, host: h, protocol: \"5\"}").unwrap_err();
+        assert!(error.contains("MQTT 5"), "{error}");
+        let error = load("{id: b, type: mqtt-broker, host: h, hots: x}").unwrap_err();
+        assert!(error.contains("hots"), "{error}");
+        let error =
+            load("{id: b, type: mqtt-broker, host: h, tls: {ca_file: a, cert_file: c}}").unwrap_err();
+        assert!(error.contains("key_file"), "{error}");
+    }
+
+    #[test]
+    fn default_client_id_is_stable_and_password_hidden() {
+        let flow = runnel_engine::FlowId::new("pipe");
+        let node = runnel_engine::NodeId::new("broker");
+        assert_eq!(default_client_id(&flow, &node), "runnel-pipe-broker");
+        let config: MqttBrokerConfig = serde_json::from_value(serde_json::json!({
+            "host": "h", "username": "u", "password": "hunter2"
+        }))
+        .unwrap();
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+    }
+}

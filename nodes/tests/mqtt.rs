@@ -1,0 +1,735 @@
+//! MQTT nodes against a real Mosquitto (`apt-get install -y mosquitto
+//! mosquitto-clients`). Each test starts its own broker on a free port and
+//! kills it when done. No timing assertions: timeouts are hang guards only.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use runnel_engine::schemars::{self, JsonSchema};
+use runnel_engine::testing::{Collect, collect};
+use runnel_engine::{
+    BuildCtx, BuildError, CatchScope, Engine, EngineSettings, EngineShared, Msg, NodeError,
+    NodeSpec, NodeType, Out, Registry, SyncNode,
+};
+use serde::Deserialize;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+const GUARD: Duration = Duration::from_secs(30);
+
+// ---------------------------------------------------------------- broker
+
+struct Mosquitto {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+#[derive(Default, Clone)]
+struct BrokerOpts {
+    persistence: bool,
+    password: Option<(&'static str, &'static str)>,
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+impl Mosquitto {
+    fn start(opts: BrokerOpts) -> Mosquitto {
+        assert!(
+            Command::new("mosquitto").arg("-h").output().is_ok(),
+            "mosquitto is not installed: apt-get install -y mosquitto mosquitto-clients"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let mut conf = format!(
+            "listener {port} 127.0.0.1\nmax_queued_messages 0\nlog_dest file {}\nlog_type all\n",
+            dir.path().join("mosquitto.log").display()
+        );
+        if opts.persistence {
+            conf.push_str(&format!(
+                "persistence true\npersistence_location {}/\nautosave_interval 1\n",
+                dir.path().display()
+            ));
+        } else {
+            conf.push_str("persistence false\n");
+        }
+        match opts.password {
+            Some((user, pass)) => {
+                let file = dir.path().join("passwd");
+                let status = Command::new("mosquitto_passwd")
+                    .args(["-b", "-c"])
+                    .arg(&file)
+                    .args([user, pass])
+                    .status()
+                    .unwrap();
+                assert!(status.success());
+                conf.push_str(&format!(
+                    "allow_anonymous false\npassword_file {}\n",
+                    file.display()
+                ));
+            }
+            None => conf.push_str("allow_anonymous true\n"),
+        }
+        std::fs::write(dir.path().join("mosquitto.conf"), conf).unwrap();
+        let mut broker = Mosquitto {
+            port,
+            dir,
+            child: None,
+        };
+        broker.spawn();
+        broker
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(self.dir.path().join("mosquitto.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + GUARD;
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "mosquitto did not start:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the broker with SIGTERM (it saves its persistence file).
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let _ = child.wait();
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Publishes with mosquitto_pub; true when the broker accepted it (for QoS
+/// 1/2: acknowledged).
+fn mosquitto_pub(port: u16, topic: &str, payload: &[u8], qos: u8, retain: bool) -> bool {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("payload");
+    std::fs::write(&file, payload).unwrap();
+    let mut command = Command::new("mosquitto_pub");
+    command
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", topic])
+        .args(["-q", &qos.to_string()])
+        .arg("-f")
+        .arg(&file);
+    if retain {
+        command.arg("-r");
+    }
+    command
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A plain subscriber (rumqttc, automatic acks): (topic, payload, retain).
+fn subscriber(
+    port: u16,
+    filter: &str,
+    qos: rumqttc::QoS,
+) -> UnboundedReceiver<(String, Vec<u8>, bool)> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut options =
+        rumqttc::MqttOptions::new(format!("test-sub-{}", free_port()), "127.0.0.1", port);
+    options.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 64);
+    let filter = filter.to_string();
+    tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                    client.subscribe(filter.clone(), qos).await.unwrap();
+                }
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                    if tx.send((p.topic.clone(), p.payload.to_vec(), p.retain)).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    });
+    rx
+}
+
+/// Waits until `filter` has a subscriber on the broker by publishing probes
+/// until `rx` sees one (probes carry `"probe"`).
+async fn wait_subscribed(port: u16, topic: &str, rx: &mut UnboundedReceiver<Msg>) {
+    let deadline = tokio::time::Instant::now() + GUARD;
+    loop {
+        assert!(tokio::time::Instant::now() < deadline, "flow never subscribed");
+        let topic = topic.to_string();
+        tokio::task::spawn_blocking(move || mosquitto_pub(port, &topic, b"\"probe\"", 0, false))
+            .await
+            .unwrap();
+        if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(300), rx.recv()).await {
+            // Drain any further probes.
+            while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(200), rx.recv()).await {}
+            return;
+        }
+    }
+}
+
+// ---------------------------------------------------------------- engine
+
+/// Forwards errors (a test `catch`).
+struct Catch;
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct CatchConfig {}
+
+struct Forward;
+
+impl SyncNode for Forward {
+    fn on_msg(&mut self, msg: Msg, out: &mut Out) -> Result<(), NodeError> {
+        out.send(0, msg)
+    }
+}
+
+impl NodeType for Catch {
+    const TYPE: &'static str = "t-catch";
+    const SUMMARY: &'static str = "test catch";
+    type Config = CatchConfig;
+    fn build(_: CatchConfig, _: &BuildCtx<'_>) -> Result<NodeSpec, BuildError> {
+        let mut spec = NodeSpec::sync(1, Forward).catching(CatchScope::All);
+        spec.has_input = false;
+        Ok(spec)
+    }
+}
+
+fn registry() -> Arc<Registry> {
+    let mut registry = Registry::new();
+    runnel_nodes::register_all(&mut registry);
+    registry.register::<Collect>().register::<Catch>();
+    registry.into_shared()
+}
+
+fn engine() -> Arc<Engine> {
+    let settings = EngineSettings {
+        drain_timeout: Duration::from_secs(5),
+        ..EngineSettings::default()
+    };
+    Engine::new(registry(), EngineShared::new(settings))
+}
+
+async fn deploy(engine: &Engine, name: &str, yaml: &str, env: &[(&str, &str)]) {
+    let env: HashMap<String, String> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let flow = engine
+        .loader()
+        .load_with_env(Path::new(&format!("{name}.yaml")), yaml, &env)
+        .unwrap_or_else(|d| panic!("flow should load:\n{d}"));
+    engine.deploy(flow).await;
+}
+
+async fn next(rx: &mut UnboundedReceiver<Msg>) -> Msg {
+    tokio::time::timeout(GUARD, rx.recv())
+        .await
+        .expect("a message within the hang guard")
+        .expect("channel open")
+}
+
+async fn next_external(
+    rx: &mut UnboundedReceiver<(String, Vec<u8>, bool)>,
+) -> (String, Vec<u8>, bool) {
+    tokio::time::timeout(GUARD, rx.recv())
+        .await
+        .expect("a message within the hang guard")
+        .expect("channel open")
+}
+
+fn n_of(msg: &Msg) -> i64 {
+    msg.payload()
+        .as_object()
+        .and_then(|o| o.get("n"))
+        .and_then(runnel_engine::Value::as_i64)
+        .unwrap_or(-1)
+}
+
+// ---------------------------------------------------------------- tests
+
+async fn roundtrip(qos: u8) {
+    let broker = Mosquitto::start(BrokerOpts::default());
+    let port = broker.port;
+    let channel = format!("roundtrip-{qos}");
+    let mut seen = collect(&channel);
+    let mut outside = subscriber(port, "out/#", rumqttc::QoS::ExactlyOnce);
+    let engine = engine();
+    let flow = format!(
+        r#"
+config:
+  - {{id: broker, type: mqtt-broker, host: 127.0.0.1, port: "${{PORT}}"}}
+nodes:
+  - id: in
+    type: mqtt-in
+    broker: broker
+    topic: "in/+/b"
+    qos: {qos}
+    wires: [[seen, out]]
+  - {{id: seen, type: test-collect, channel: {channel}}}
+  - {{id: out, type: mqtt-out, broker: broker, topic: out/x, qos: {qos}}}
+"#
+    );
+    deploy(&engine, &channel, &flow, &[("PORT", &port.to_string())]).await;
+    wait_subscribed(port, "in/probe/b", &mut seen).await;
+    // Drain probes that reached the outside subscriber.
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(300), outside.recv()).await {}
+
+    let count = 30;
+    tokio::task::spawn_blocking(move || {
+        for n in 0..count {
+            let payload = format!(r#"{{"n": {n}}}"#);
+            assert!(mosquitto_pub(port, "in/a/c", b"not matched", qos, false));
+            assert!(mosquitto_pub(port, "in/a/b", payload.as_bytes(), qos, false));
+        }
+    })
+    .await
+    .unwrap();
+
+    let mut got = BTreeSet::new();
+    while got.len() < count {
+        let msg = next(&mut seen).await;
+        assert_eq!(msg.topic(), Some("in/a/b"));
+        assert_eq!(msg.props().get("qos").and_then(|v| v.as_i64()), Some(i64::from(qos)));
+        assert_eq!(msg.props().get("retain").and_then(|v| v.as_bool()), Some(false));
+        got.insert(n_of(&msg));
+    }
+    assert_eq!(got, (0..count as i64).collect());
+
+    let mut out = BTreeSet::new();
+    while out.len() < count {
+        let (topic, payload, _) = next_external(&mut outside).await;
+        assert_eq!(topic, "out/x");
+        let value: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+        out.insert(value["n"].as_i64().unwrap());
+    }
+    assert_eq!(out, (0..count as i64).collect());
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn qos0_in_and_out_with_wildcards() {
+    roundtrip(0).await;
+}
+
+#[tokio::test]
+async fn qos1_in_and_out_with_wildcards() {
+    roundtrip(1).await;
+}
+
+#[tokio::test]
+async fn qos2_in_and_out_with_wildcards() {
+    roundtrip(2).await;
+}
+
+#[tokio::test]
+async fn retained_messages_both_ways() {
+    let broker = Mosquitto::start(BrokerOpts::default());
+    let port = broker.port;
+    assert!(mosquitto_pub(port, "state/lamp", b"on", 1, true));
+    let mut seen = collect("retained");
+    let engine = engine();
+    let flow = r#"
+config:
+  - {id: broker, type: mqtt-broker, host: 127.0.0.1, port: "${PORT}"}
+nodes:
+  - {id: in, type: mqtt-in, broker: broker, topic: "state/#", qos: 1, wires: [[seen, out]]}
+  - {id: seen, type: test-collect, channel: retained}
+  - {id: out, type: mqtt-out, broker: broker, topic: copy/lamp, qos: 1, retain: true}
+"#;
+    deploy(&engine, "retained", flow, &[("PORT", &port.to_string())]).await;
+    let msg = next(&mut seen).await;
+    assert_eq!(msg.payload().as_str(), Some("on"));
+    assert_eq!(msg.props().get("retain").and_then(|v| v.as_bool()), Some(true));
+    drop(msg);
+    // The copy was published retained: a new subscriber gets it at once.
+    let mut late = subscriber(port, "copy/lamp", rumqttc::QoS::AtLeastOnce);
+    let (topic, payload, retain) = next_external(&mut late).await;
+    assert_eq!((topic.as_str(), payload.as_slice(), retain), ("copy/lamp", &b"on"[..], true));
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn shared_subscription_splits_between_two_subscribers() {
+    let broker = Mosquitto::start(BrokerOpts::default());
+    let port = broker.port.to_string();
+    let mut a = collect("shared-a");
+    let mut b = collect("shared-b");
+    let engine = engine();
+    for side in ["a", "b"] {
+        let flow = format!(
+            r#"
+config:
+  - {{id: broker, type: mqtt-broker, host: 127.0.0.1, port: "${{PORT}}"}}
+nodes:
+  - {{id: in, type: mqtt-in, broker: broker, topic: "$share/workers/jobs", qos: 1, wires: [[seen]]}}
+  - {{id: seen, type: test-collect, channel: shared-{side}}}
+"#
+        );
+        // Two flows: two client ids (runnel-shared-a-broker, runnel-shared-b-broker).
+        deploy(&engine, &format!("shared-{side}"), &flow, &[("PORT", &port)]).await;
+    }
+    let port = broker.port;
+    // Both subscribed: probe until each side has seen one.
+    let deadline = tokio::time::Instant::now() + GUARD;
+    let (mut a_ready, mut b_ready) = (false, false);
+    while !(a_ready && b_ready) {
+        assert!(tokio::time::Instant::now() < deadline, "both sides never subscribed");
+        tokio::task::spawn_blocking(move || mosquitto_pub(port, "jobs", b"\"probe\"", 1, false))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        while let Ok(m) = a.try_recv() {
+            drop(m);
+            a_ready = true;
+        }
+        while let Ok(m) = b.try_recv() {
+            drop(m);
+            b_ready = true;
+        }
+    }
+    let count = 60;
+    tokio::task::spawn_blocking(move || {
+        for n in 0..count {
+            assert!(mosquitto_pub(port, "jobs", format!(r#"{{"n": {n}}}"#).as_bytes(), 1, false));
+        }
+    })
+    .await
+    .unwrap();
+    let (mut from_a, mut from_b) = (Vec::new(), Vec::new());
+    let deadline = tokio::time::Instant::now() + GUARD;
+    while from_a.len() + from_b.len() < count as usize {
+        assert!(tokio::time::Instant::now() < deadline, "messages missing");
+        tokio::select! {
+            Some(m) = a.recv() => { let n = n_of(&m); if n >= 0 { from_a.push(n) } }
+            Some(m) = b.recv() => { let n = n_of(&m); if n >= 0 { from_b.push(n) } }
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+    assert!(!from_a.is_empty() && !from_b.is_empty(), "a: {from_a:?}, b: {from_b:?}");
+    let mut all: Vec<i64> = from_a.iter().chain(&from_b).copied().collect();
+    all.sort_unstable();
+    assert_eq!(all, (0..count).collect::<Vec<i64>>(), "each message exactly once across both");
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn wrong_credentials_give_a_clear_status_and_right_ones_connect() {
+    let broker = Mosquitto::start(BrokerOpts {
+        password: Some(("runnel", "s3cret")),
+        ..BrokerOpts::default()
+    });
+    let port = broker.port.to_string();
+    let mut seen = collect("creds");
+    let engine = engine();
+    let flow = r#"
+config:
+  - {id: broker, type: mqtt-broker, host: 127.0.0.1, port: "${PORT}", username: runnel, password: "${MQTT_PASSWORD}", reconnect_min: 50ms, reconnect_max: 200ms}
+nodes:
+  - {id: in, type: mqtt-in, broker: broker, topic: "t", qos: 1, wires: [[seen]]}
+  - {id: seen, type: test-collect, channel: creds}
+"#;
+    deploy(&engine, "creds", flow, &[("PORT", &port), ("MQTT_PASSWORD", "wrong")]).await;
+    let deadline = tokio::time::Instant::now() + GUARD;
+    let status = loop {
+        let info = engine.flow("creds").await.unwrap();
+        let node = info.nodes.iter().find(|n| n.id == "in").unwrap();
+        if node.status.text.contains("refused") {
+            break node.status.clone();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no refusal status: {:?}", node.status);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status.fill, Some("red"));
+    assert!(
+        status.text.contains("not authorized") || status.text.contains("bad user name or password"),
+        "{}",
+        status.text
+    );
+    assert!(!status.text.contains("wrong"), "the password must not show");
+
+    // The right password (a redeploy) connects.
+    deploy(&engine, "creds", flow, &[("PORT", &port), ("MQTT_PASSWORD", "s3cret")]).await;
+    let port = broker.port;
+    let deadline = tokio::time::Instant::now() + GUARD;
+    loop {
+        assert!(tokio::time::Instant::now() < deadline, "never received with the right password");
+        let published = Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", "t", "-m", "hi"])
+            .args(["-u", "runnel", "-P", "s3cret", "-q", "1"])
+            .status()
+            .unwrap();
+        assert!(published.success());
+        if let Ok(Some(msg)) = tokio::time::timeout(Duration::from_millis(300), seen.recv()).await {
+            assert_eq!(msg.payload().as_str(), Some("hi"));
+            break;
+        }
+    }
+    let info = engine.flow("creds").await.unwrap();
+    let node = info.nodes.iter().find(|n| n.id == "in").unwrap();
+    assert_eq!(node.status.text, "connected");
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn malformed_and_oversized_payloads_reach_catch_and_the_node_keeps_going() {
+    let broker = Mosquitto::start(BrokerOpts::default());
+    let port = broker.port;
+    let mut ok = collect("malformed-ok");
+    let mut caught = collect("malformed-caught");
+    let engine = engine();
+    let flow = r#"
+config:
+  - {id: broker, type: mqtt-broker, host: 127.0.0.1, port: "${PORT}"}
+nodes:
+  - {id: in, type: mqtt-in, broker: broker, topic: "data", qos: 1, datatype: json, max_payload: 64, wires: [[ok]]}
+  - {id: ok, type: test-collect, channel: malformed-ok}
+  - {id: catch, type: t-catch, wires: [[caught]]}
+  - {id: caught, type: test-collect, channel: malformed-caught}
+"#;
+    deploy(&engine, "malformed", flow, &[("PORT", &port.to_string())]).await;
+    wait_subscribed(port, "data", &mut ok).await;
+    let big = vec![b'x'; 100];
+    tokio::task::spawn_blocking(move || {
+        assert!(mosquitto_pub(port, "data", b"{not json", 1, false));
+        assert!(mosquitto_pub(port, "data", &big, 1, false));
+        assert!(mosquitto_pub(port, "data", br#"{"n": 7}"#, 1, false));
+    })
+    .await
+    .unwrap();
+    let good = next(&mut ok).await;
+    assert_eq!(n_of(&good), 7);
+
+    let first = next(&mut caught).await.to_json();
+    let second = next(&mut caught).await.to_json();
+    let (bad, large) = if first["payload"] == "{not json" { (first, second) } else { (second, first) };
+    assert_eq!(bad["payload"], "{not json");
+    assert!(bad["error"]["message"].as_str().unwrap().contains("not valid JSON"), "{bad}");
+    assert_eq!(bad["error"]["source"]["id"], "in");
+    assert_eq!(bad["topic"], "data");
+    assert_eq!(large["size"], 100);
+    assert!(large["error"]["message"].as_str().unwrap().contains("max_payload"), "{large}");
+    engine.shutdown().await;
+}
+
+/// Mosquitto is stopped and started again while QoS 1 messages flow: every
+/// message the broker acknowledged to its publisher reaches the flow.
+#[tokio::test]
+async fn broker_restart_loses_no_accepted_qos1_message() {
+    let mut broker = Mosquitto::start(BrokerOpts {
+        persistence: true,
+        ..BrokerOpts::default()
+    });
+    let port = broker.port;
+    let mut seen = collect("restart");
+    let engine = engine();
+    let flow = r#"
+config:
+  - {id: broker, type: mqtt-broker, host: 127.0.0.1, port: "${PORT}", reconnect_min: 50ms, reconnect_max: 500ms}
+nodes:
+  - {id: in, type: mqtt-in, broker: broker, topic: "fault/#", qos: 1, wires: [[seen]]}
+  - {id: seen, type: test-collect, channel: restart}
+"#;
+    deploy(&engine, "restart", flow, &[("PORT", &port.to_string())]).await;
+    wait_subscribed(port, "fault/probe", &mut seen).await;
+
+    let (accepted_tx, accepted_rx) = std::sync::mpsc::channel::<i64>();
+    let publisher = std::thread::spawn(move || {
+        for n in 0..150_i64 {
+            let payload = format!(r#"{{"n": {n}}}"#);
+            if mosquitto_pub(port, "fault/data", payload.as_bytes(), 1, false) {
+                accepted_tx.send(n).unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    });
+    // Let some traffic through, then restart the broker under load.
+    let mut got = BTreeSet::new();
+    while got.len() < 40 {
+        got.insert(n_of(&next(&mut seen).await));
+    }
+    broker.stop();
+    std::thread::sleep(Duration::from_millis(500));
+    broker.spawn();
+    tokio::task::spawn_blocking(move || publisher.join().unwrap())
+        .await
+        .unwrap();
+    let accepted: BTreeSet<i64> = accepted_rx.try_iter().collect();
+    assert!(accepted.len() > 40, "the publisher got too few messages through");
+    let deadline = tokio::time::Instant::now() + GUARD;
+    while !accepted.is_subset(&got) {
+        let missing: Vec<_> = accepted.difference(&got).take(10).collect();
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "accepted messages never arrived: {missing:?}\n{}",
+            broker.log()
+        );
+        if let Ok(Some(msg)) = tokio::time::timeout(Duration::from_millis(500), seen.recv()).await {
+            got.insert(n_of(&msg));
+        }
+    }
+    engine.shutdown().await;
+}
+
+/// runnel dies (its runtime is torn down, no DISCONNECT, no acks) while it
+/// holds unfinished QoS 1 messages: the next start receives them again.
+#[test]
+fn unfinished_messages_are_redelivered_after_a_crash() {
+    let broker = Mosquitto::start(BrokerOpts::default());
+    let port = broker.port;
+    let flow = r#"
+config:
+  - {id: broker, type: mqtt-broker, host: 127.0.0.1, port: "${PORT}"}
+nodes:
+  - {id: in, type: mqtt-in, broker: broker, topic: "crash/#", qos: 1, wires: [[seen]]}
+  - {id: seen, type: test-collect, channel: CHANNEL}
+"#;
+    let env = [("PORT", port.to_string())];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+
+    // First life: receive 10, finish the first 4 (acked), hold the rest.
+    let first = tokio::runtime::Runtime::new().unwrap();
+    let held: Vec<Msg> = first.block_on(async {
+        let mut seen = collect("crash-1");
+        let engine = engine();
+        deploy(&engine, "crash", &flow.replace("CHANNEL", "crash-1"), &env).await;
+        wait_subscribed(port, "crash/probe", &mut seen).await;
+        tokio::task::spawn_blocking(move || {
+            for n in 0..10 {
+                assert!(mosquitto_pub(port, "crash/data", format!(r#"{{"n": {n}}}"#).as_bytes(), 1, false));
+            }
+        })
+        .await
+        .unwrap();
+        let mut held = Vec::new();
+        while held.len() < 10 {
+            held.push(next(&mut seen).await);
+        }
+        held.sort_by_key(n_of);
+        let rest = held.split_off(4);
+        drop(held);
+        // Give the acks of 0..4 time to reach the broker (not an assertion).
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        std::mem::forget(engine);
+        rest
+    });
+    first.shutdown_background();
+    drop(held);
+
+    // Second life: the same flow (same client id, persistent session).
+    let second = tokio::runtime::Runtime::new().unwrap();
+    second.block_on(async {
+        let mut seen = collect("crash-2");
+        let engine = engine();
+        deploy(&engine, "crash", &flow.replace("CHANNEL", "crash-2"), &env).await;
+        let mut got = BTreeSet::new();
+        while !(4..10).all(|n| got.contains(&n)) {
+            let msg = next(&mut seen).await;
+            got.insert(n_of(&msg));
+        }
+        assert!(got.iter().all(|n| *n >= 4 || *n < 0), "acked messages came back: {got:?}");
+        engine.shutdown().await;
+    });
+}
+
+/// Redeploying a flow closes the old connection before the new one opens:
+/// the broker never sees two connections with the flow's client id.
+#[tokio::test]
+async fn redeploy_under_load_keeps_one_connection_and_loses_nothing() {
+    let broker = Mosquitto::start(BrokerOpts::default());
+    let port = broker.port;
+    let mut seen = collect("redeploy");
+    let engine = engine();
+    let flow = r#"
+config:
+  - {id: broker, type: mqtt-broker, host: 127.0.0.1, port: "${PORT}"}
+nodes:
+  - {id: in, type: mqtt-in, broker: broker, topic: "re/#", qos: 1, wires: [[seen]]}
+  - {id: seen, type: test-collect, channel: redeploy}
+"#;
+    let env = [("PORT", port.to_string())];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    deploy(&engine, "redeploy", flow, &env).await;
+    wait_subscribed(port, "re/probe", &mut seen).await;
+    let publisher = std::thread::spawn(move || {
+        let mut accepted = Vec::new();
+        for n in 0..120_i64 {
+            if mosquitto_pub(port, "re/data", format!(r#"{{"n": {n}}}"#).as_bytes(), 1, false) {
+                accepted.push(n);
+            }
+        }
+        accepted
+    });
+    // Consume concurrently, so that redeploys drain quickly.
+    let got = Arc::new(std::sync::Mutex::new(BTreeSet::new()));
+    let consumer = tokio::spawn({
+        let got = got.clone();
+        async move {
+            while let Some(msg) = seen.recv().await {
+                got.lock().unwrap().insert(n_of(&msg));
+            }
+        }
+    });
+    for round in 1..=3 {
+        let deadline = tokio::time::Instant::now() + GUARD;
+        while got.lock().unwrap().len() < 20 * round {
+            assert!(tokio::time::Instant::now() < deadline, "traffic stalled");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        deploy(&engine, "redeploy", flow, &env).await;
+    }
+    let accepted: BTreeSet<i64> = tokio::task::spawn_blocking(move || publisher.join().unwrap())
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    let deadline = tokio::time::Instant::now() + GUARD;
+    loop {
+        let missing: Vec<i64> = accepted.difference(&got.lock().unwrap()).copied().collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "lost: {missing:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    consumer.abort();
+    engine.shutdown().await;
+    let log = broker.log();
+    assert!(
+        !log.contains("already connected"),
+        "a second connection with the same client id took over:\n{log}"
+    );
+}
