@@ -14,7 +14,12 @@ use clap::{Parser, Subcommand, ValueEnum};
 use runnel_engine::{Diagnostics, Engine, EngineSettings, EngineShared, Loader, Registry};
 
 #[derive(Debug, Parser)]
-#[command(name = "runnel", version, about = "A flow-based dataflow engine in the style of Node-RED", propagate_version = true)]
+#[command(
+    name = "runnel",
+    version,
+    about = "A flow-based dataflow engine in the style of Node-RED",
+    propagate_version = true
+)]
 struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -87,7 +92,8 @@ struct RunArgs {
 }
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
-    text.parse::<runnel_engine::Duration>().map(runnel_engine::Duration::get)
+    text.parse::<runnel_engine::Duration>()
+        .map(runnel_engine::Duration::get)
 }
 
 fn main() -> ExitCode {
@@ -106,10 +112,18 @@ fn main() -> ExitCode {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RUNNEL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
     }
 }
 
@@ -173,7 +187,11 @@ fn check(paths: &[PathBuf]) -> ExitCode {
             }
         }
     }
-    if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 fn nodes(node_type: Option<&str>) -> anyhow::Result<ExitCode> {
@@ -187,7 +205,11 @@ fn nodes(node_type: Option<&str>) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             };
             writeln!(out, "{}: {}", info.name, info.summary)?;
-            writeln!(out, "{}", serde_json::to_string_pretty(&info.config_schema())?)?;
+            writeln!(
+                out,
+                "{}",
+                serde_json::to_string_pretty(&info.config_schema())?
+            )?;
         }
         None => {
             for info in all {
@@ -201,9 +223,16 @@ fn nodes(node_type: Option<&str>) -> anyhow::Result<ExitCode> {
                     .unwrap_or_default();
                 if let Some(properties) = schema.get("properties").and_then(|p| p.as_object()) {
                     for (field, spec) in properties {
-                        let doc = spec.get("description").and_then(|d| d.as_str()).unwrap_or("");
+                        let doc = spec
+                            .get("description")
+                            .and_then(|d| d.as_str())
+                            .unwrap_or("");
                         let doc = doc.lines().next().unwrap_or("");
-                        let req = if required.contains(&field.as_str()) { " (required)" } else { "" };
+                        let req = if required.contains(&field.as_str()) {
+                            " (required)"
+                        } else {
+                            ""
+                        };
                         writeln!(out, "    {field}{req}: {doc}")?;
                     }
                 }
@@ -222,6 +251,9 @@ fn run_flows(args: RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn run_flows_async(args: RunArgs) -> anyhow::Result<ExitCode> {
+    // Listen for signals before anything starts, so a SIGTERM during start-up
+    // is a graceful stop too.
+    let signals = shutdown_signal()?;
     let settings = EngineSettings {
         queue_capacity: usize::try_from(args.queue_capacity).unwrap_or(128),
         drain_timeout: args.drain_timeout,
@@ -255,7 +287,7 @@ async fn run_flows_async(args: RunArgs) -> anyhow::Result<ExitCode> {
     for flow in flows {
         engine.deploy(flow).await;
     }
-    wait_for_signal().await?;
+    signals.await;
     tracing::info!("shutting down: stopping sources, draining messages");
     engine.shutdown().await;
     if let Some(tracer) = tracer {
@@ -277,18 +309,24 @@ async fn print_trace(mut events: tokio::sync::broadcast::Receiver<Arc<runnel_eng
                     return;
                 }
             }
-            Err(RecvError::Lagged(skipped)) => tracing::warn!(skipped, "trace output fell behind; events skipped"),
+            Err(RecvError::Lagged(skipped)) => {
+                tracing::warn!(skipped, "trace output fell behind; events skipped")
+            }
             Err(RecvError::Closed) => return,
         }
     }
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("cannot listen for SIGTERM")?;
-    tokio::select! {
-        result = tokio::signal::ctrl_c() => result.context("cannot listen for SIGINT")?,
-        _ = terminate.recv() => {}
-    }
-    Ok(())
+/// Resolves on the first SIGINT or SIGTERM. The handlers are installed
+/// when this is called, not when it is awaited.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!(signal = "SIGTERM", "signal received"),
+            _ = interrupt.recv() => tracing::info!(signal = "SIGINT", "signal received"),
+        }
+    })
 }

@@ -26,27 +26,52 @@ fn malformed_files() -> Vec<PathBuf> {
 #[test]
 fn every_malformed_flow_is_rejected_with_its_exact_location() {
     let files = malformed_files();
-    assert!(files.len() >= 15, "expected at least 15 malformed flows, found {}", files.len());
+    assert!(
+        files.len() >= 15,
+        "expected at least 15 malformed flows, found {}",
+        files.len()
+    );
     let mut failures = Vec::new();
     for file in &files {
         let text = std::fs::read_to_string(file).unwrap();
-        let expectations: Vec<&str> =
-            text.lines().filter_map(|line| line.strip_prefix("# expect: ")).collect();
-        assert!(!expectations.is_empty(), "{} has no `# expect:` line", file.display());
+        let expectations: Vec<&str> = text
+            .lines()
+            .filter_map(|line| line.strip_prefix("# expect: "))
+            .collect();
+        assert!(
+            !expectations.is_empty(),
+            "{} has no `# expect:` line",
+            file.display()
+        );
         let output = runnel().arg("check").arg(file).output().unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
         if output.status.code() != Some(1) {
-            failures.push(format!("{}: exit {:?}, expected 1\n{stderr}", file.display(), output.status.code()));
+            failures.push(format!(
+                "{}: exit {:?}, expected 1\n{stderr}",
+                file.display(),
+                output.status.code()
+            ));
             continue;
         }
         for expected in expectations {
             let located = expected.starts_with(|c: char| c.is_ascii_digit());
-            let needle = if located { format!("{}:{expected}", file.display()) } else { expected.to_string() };
+            let needle = if located {
+                format!("{}:{expected}", file.display())
+            } else {
+                expected.to_string()
+            };
             if !stderr.contains(&needle) {
-                failures.push(format!("{}: missing {needle:?} in:\n{stderr}", file.display()));
+                failures.push(format!(
+                    "{}: missing {needle:?} in:\n{stderr}",
+                    file.display()
+                ));
             }
         }
-        assert!(!stderr.contains("panicked"), "{} made runnel panic", file.display());
+        assert!(
+            !stderr.contains("panicked"),
+            "{} made runnel panic",
+            file.display()
+        );
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
@@ -73,8 +98,13 @@ fn schema_lists_every_node_type() {
         .iter()
         .filter_map(|s| s["properties"]["type"]["const"].as_str())
         .collect();
-    for expected in ["inject", "debug", "change", "base64", "json", "switch", "delay", "catch", "comment"] {
-        assert!(types.contains(&expected), "schema lacks {expected}: {types:?}");
+    for expected in [
+        "inject", "debug", "change", "base64", "json", "switch", "delay", "catch", "comment",
+    ] {
+        assert!(
+            types.contains(&expected),
+            "schema lacks {expected}: {types:?}"
+        );
     }
 }
 

@@ -421,9 +421,28 @@ impl Loader {
             }
             return None;
         };
+        // Every declared node id, built or not, so a node that failed to
+        // build is not also reported as missing by the wires into it.
+        let declared: HashSet<String> = list
+            .iter()
+            .filter_map(|entry| entry.as_mapping()?.get_scalar("id"))
+            .map(|id| id.as_str().to_string())
+            .collect();
+        let mut unbuilt_wires: Vec<(String, ParsedWires)> = Vec::new();
         for entry in list {
+            let entry_id = entry
+                .as_mapping()
+                .and_then(|map| map.get_scalar("id"))
+                .map(|id| id.as_str().to_string());
             let Some((id, type_name, config)) = self.split_entry(entry, false, &mut seen_ids, out)
             else {
+                if let (Some(id), Some(wires)) = (
+                    entry_id,
+                    entry.as_mapping().and_then(|map| map.get_node("wires")),
+                ) {
+                    let parsed = parse_wires(wires, &id, out);
+                    unbuilt_wires.push((id, parsed));
+                }
                 continue;
             };
             let Some((type_name, build)) = self.registry.node(&type_name) else {
@@ -478,6 +497,7 @@ impl Loader {
                 Ok(spec) => spec,
                 Err(error) => {
                     report_config_error(error, &config, entry, &id, out);
+                    unbuilt_wires.push((id, wires));
                     continue;
                 }
             };
@@ -525,7 +545,7 @@ impl Loader {
                     at,
                     Some(id.as_str()),
                     format!(
-                        "wires list {} ports, but a {} node here has {ports}",
+                        "wires list {} ports, but this {} node has {ports}",
                         wires.wires.len(),
                         nodes[i].type_name
                     ),
@@ -534,6 +554,8 @@ impl Loader {
             for (port, (_, targets)) in wires.wires.into_iter().enumerate().take(outputs) {
                 for (target, at) in targets {
                     match index.get(&target) {
+                        // Declared but not built: its own error says why.
+                        None if declared.contains(&target) => {}
                         None => {
                             let message = if configs.contains_key(&target) {
                                 format!(
@@ -550,7 +572,7 @@ impl Loader {
                             at,
                             Some(id.as_str()),
                             format!(
-                                "wire to \"{target}\", but a {} node has no input",
+                                "wire to \"{target}\", but node \"{target}\" ({}) takes no input",
                                 nodes[t].type_name
                             ),
                         ),
@@ -560,6 +582,17 @@ impl Loader {
             }
             nodes[i].wires = resolved;
         }
+        for (id, wires) in unbuilt_wires {
+            for (target, at) in wires.into_iter().flat_map(|(_, targets)| targets) {
+                if !declared.contains(&target) {
+                    out.error(
+                        at,
+                        Some(&id),
+                        format!("wire to unknown node \"{target}\", expected the id of a node in this flow"),
+                    );
+                }
+            }
+        }
         if nodes.is_empty() && out.list.iter().all(|d| !d.is_error()) {
             out.error(mark(&root), None, "the flow has no nodes");
         }
@@ -568,9 +601,11 @@ impl Loader {
                 for target in scope {
                     if !index.contains_key(target.as_str()) {
                         out.error(
-                            None,
+                            Some(Marker::new(0, 0, node.line, 1)),
                             Some(node.id.as_str()),
-                            format!("catch scope names unknown node \"{target}\""),
+                            format!(
+                                "catch scope names unknown node \"{target}\", expected the id of a node in this flow"
+                            ),
                         );
                     }
                 }
@@ -843,6 +878,7 @@ fn describe_load_error(error: &LoadError) -> (Option<Marker>, String) {
         ),
         LoadError::ScanError(m, e) => {
             let text = e.to_string();
+            let text = text.split(" at byte").next().unwrap_or(&text).to_string();
             let text = text.split(" at line").next().unwrap_or(&text).to_string();
             (Some(*m), format!("YAML syntax error: {text}"))
         }

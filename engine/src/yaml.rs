@@ -97,8 +97,15 @@ pub fn from_node<T: DeserializeOwned>(node: &Node) -> Result<T, YamlError> {
     T::deserialize(NodeDe(node))
 }
 
-/// The start of a node.
+/// Where a node starts, as a reader would point at it: a block mapping's
+/// first key (a mapping's own mark sits after that key), anything else's own
+/// start.
 pub fn node_mark(node: &Node) -> Option<Marker> {
+    if let Node::Mapping(map) = node {
+        if let Some((key, _)) = map.iter().next() {
+            return key.span().start().copied();
+        }
+    }
     node.span().start().copied()
 }
 
@@ -106,6 +113,11 @@ struct NodeDe<'a>(&'a Node);
 
 impl NodeDe<'_> {
     fn mark(&self) -> Option<&Marker> {
+        if let Node::Mapping(map) = self.0 {
+            if let Some((key, _)) = map.iter().next() {
+                return key.span().start();
+            }
+        }
         self.0.span().start()
     }
 
