@@ -1,8 +1,8 @@
 //! `GET /api/debug`: the live debug sidebar over a WebSocket.
 //!
 //! A fast flow must not flood the browser (Node-RED's debug does). So the
-//! server batches: every `interval` (default 75 ms) it sends one frame with
-//! at most `max_per_batch` debug messages (default 100); messages beyond the
+//! server batches: every `interval` (default 100 ms) it sends one frame
+//! with at most `max_per_batch` debug messages (default 50); messages beyond the
 //! cap in that interval, and messages lost because this reader fell behind
 //! the engine's lossy debug bus, are counted and sent as `skipped`. Status
 //! changes ride in the same frames, only the latest per node. The browser
@@ -11,7 +11,7 @@
 //! connection.
 //!
 //! Frames, server to client (JSON text):
-//! - `{"type":"hello","interval_ms":75,"max_per_batch":100}` once;
+//! - `{"type":"hello","interval_ms":100,"max_per_batch":50}` once;
 //! - `{"type":"batch","debug":[{"time","node","flow","msgid","msg"}...],
 //!   "skipped":N,"status":[{"flow","node","status"}...]}`.
 
@@ -46,8 +46,8 @@ pub struct DebugBatching {
 impl Default for DebugBatching {
     fn default() -> Self {
         DebugBatching {
-            interval: Duration::from_millis(75),
-            max_per_batch: 100,
+            interval: Duration::from_millis(100),
+            max_per_batch: 50,
         }
     }
 }

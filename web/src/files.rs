@@ -45,60 +45,71 @@ pub fn revision(text: &str) -> String {
     format!("{hash:016x}")
 }
 
-/// Where the flows live: one file or a directory of `*.yaml`/`*.yml`.
+/// Where the flows live: what `runnel run` was given, each a flow file or
+/// a directory of `*.yaml`/`*.yml` files.
 #[derive(Clone, Debug)]
 pub struct FlowFiles {
-    path: PathBuf,
+    paths: Vec<PathBuf>,
 }
 
 impl FlowFiles {
-    /// Flows at `path` (a file or a directory).
-    pub fn new(path: impl Into<PathBuf>) -> Self {
-        FlowFiles { path: path.into() }
+    /// Flows at `paths` (files or directories).
+    pub fn new(paths: Vec<PathBuf>) -> Self {
+        FlowFiles { paths }
     }
 
-    /// The configured path.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// The configured paths.
+    pub fn paths(&self) -> &[PathBuf] {
+        &self.paths
     }
 
     /// The file of flow `name` if it exists on disk.
     pub fn existing(&self, name: &str) -> Option<PathBuf> {
-        if self.path.is_dir() {
-            ["yaml", "yml"]
-                .iter()
-                .map(|ext| self.path.join(format!("{name}.{ext}")))
-                .find(|p| p.is_file())
-        } else {
-            (stem(&self.path) == Some(name) && self.path.is_file()).then(|| self.path.clone())
-        }
+        self.paths.iter().find_map(|path| {
+            if path.is_dir() {
+                ["yaml", "yml"]
+                    .iter()
+                    .map(|ext| path.join(format!("{name}.{ext}")))
+                    .find(|p| p.is_file())
+            } else {
+                (stem(path) == Some(name) && path.is_file()).then(|| path.clone())
+            }
+        })
     }
 
-    /// Where a new flow `name` would be written: only inside a directory.
+    /// Where a new flow `name` would be written: in the first directory
+    /// given, if any.
     pub fn new_file(&self, name: &str) -> Option<PathBuf> {
-        self.path
-            .is_dir()
-            .then(|| self.path.join(format!("{name}.yaml")))
+        self.paths
+            .iter()
+            .find(|p| p.is_dir())
+            .map(|dir| dir.join(format!("{name}.yaml")))
     }
 
     /// The names of every flow file on disk, sorted.
     pub fn names(&self) -> Vec<String> {
-        if !self.path.is_dir() {
-            return stem(&self.path)
-                .filter(|_| self.path.is_file())
-                .map(|s| vec![s.to_string()])
-                .unwrap_or_default();
+        let mut names = Vec::new();
+        for path in &self.paths {
+            if !path.is_dir() {
+                if path.is_file()
+                    && let Some(name) = stem(path)
+                {
+                    names.push(name.to_string());
+                }
+                continue;
+            }
+            let Ok(entries) = std::fs::read_dir(path) else {
+                continue;
+            };
+            names.extend(
+                entries
+                    .filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|p| p.is_file() && runnel_engine::loader::is_flow_file(p))
+                    .filter_map(|p| stem(&p).map(str::to_string)),
+            );
         }
-        let Ok(entries) = std::fs::read_dir(&self.path) else {
-            return Vec::new();
-        };
-        let mut names: Vec<String> = entries
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| p.is_file() && runnel_engine::loader::is_flow_file(p))
-            .filter_map(|p| stem(&p).map(str::to_string))
-            .filter(|n| valid_name(n))
-            .collect();
+        names.retain(|n| valid_name(n));
         names.sort();
         names.dedup();
         names
@@ -163,7 +174,7 @@ mod tests {
         std::fs::write(&path, "old").unwrap();
         write_atomic(&path, "new # comment").unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "new # comment");
-        let files = FlowFiles::new(dir.path());
+        let files = FlowFiles::new(vec![dir.path().to_path_buf()]);
         assert_eq!(files.names(), vec!["f".to_string()]);
         assert_eq!(files.existing("f"), Some(path));
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);

@@ -69,7 +69,7 @@ struct Inner {
 impl std::fmt::Debug for WebState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WebState")
-            .field("flows", &self.inner.files.path())
+            .field("flows", &self.inner.files.paths())
             .field("token", &self.inner.token)
             .finish_non_exhaustive()
     }
@@ -79,7 +79,7 @@ impl std::fmt::Debug for WebState {
 #[derive(Debug)]
 pub struct WebStateBuilder {
     engine: Arc<Engine>,
-    flows: PathBuf,
+    flows: Vec<PathBuf>,
     token: Option<AdminToken>,
     debug: DebugBatching,
 }
@@ -124,20 +124,22 @@ impl WebStateBuilder {
 }
 
 impl WebState {
-    /// A state for `engine`, whose flows are the file or directory `flows`
-    /// (what `runnel run` was given).
-    pub fn builder(engine: Arc<Engine>, flows: impl Into<PathBuf>) -> WebStateBuilder {
+    /// A state for `engine`, whose flows are the files and directories
+    /// `flows` (what `runnel run` was given). New flows created through the
+    /// API go to the first directory.
+    pub fn builder(engine: Arc<Engine>, flows: Vec<PathBuf>) -> WebStateBuilder {
         WebStateBuilder {
             engine,
-            flows: flows.into(),
+            flows,
             token: None,
             debug: DebugBatching::default(),
         }
     }
 
-    /// A state without admin token and with default settings.
+    /// A state for flows at one file or directory, without admin token and
+    /// with default settings.
     pub fn new(engine: Arc<Engine>, flows: impl Into<PathBuf>) -> Self {
-        WebState::builder(engine, flows).build()
+        WebState::builder(engine, vec![flows.into()]).build()
     }
 
     /// The engine.

@@ -273,7 +273,7 @@
   const debugList = document.getElementById("debug-list");
   const debugCount = document.getElementById("debug-count");
 
-  function addDebug(event) {
+  function debugEntry(event) {
     const shown = { time: event.time, node: event.node, msg: event.msg };
     const entry = el("li", {
       class: "debug-entry", "data-node": event.node, "data-msgid": event.msgid,
@@ -286,8 +286,31 @@
       el("span", { class: "msgid" }, event.msgid)),
     el("pre", { class: "debug-msg" }, JSON.stringify(shown, null, 1)));
     if (state.filter && event.node !== state.filter) entry.hidden = true;
-    debugList.prepend(entry);
+    return entry;
+  }
+
+  // Entries wait here until the next animation frame, so a burst of
+  // batches costs one DOM update; only the newest MAX_DEBUG are kept.
+  let pending = [];
+  let renderScheduled = false;
+
+  function addDebug(event) {
+    pending.push(event);
+    if (pending.length > MAX_DEBUG) pending.splice(0, pending.length - MAX_DEBUG);
+    if (!renderScheduled) {
+      renderScheduled = true;
+      requestAnimationFrame(renderDebug);
+    }
+  }
+
+  function renderDebug() {
+    renderScheduled = false;
+    const fragment = document.createDocumentFragment();
+    for (let i = pending.length - 1; i >= 0; i--) fragment.append(debugEntry(pending[i]));
+    pending = [];
+    debugList.prepend(fragment);
     while (debugList.childElementCount > MAX_DEBUG) debugList.lastElementChild.remove();
+    debugCount.textContent = debugList.childElementCount;
   }
 
   function applyFilter() {
@@ -310,7 +333,6 @@
         for (const event of frame.debug || []) addDebug(event);
       }
       document.getElementById("debug-skipped").textContent = fmtNumber(state.skipped);
-      debugCount.textContent = debugList.childElementCount;
     });
     socket.addEventListener("close", (event) => {
       conn.textContent = "disconnected, retrying…";
@@ -326,6 +348,7 @@
     event.target.classList.toggle("active", state.paused);
   });
   document.getElementById("clear-btn").addEventListener("click", () => {
+    pending = [];
     debugList.replaceChildren();
     state.skipped = 0;
     document.getElementById("debug-skipped").textContent = "0";

@@ -480,7 +480,7 @@ async fn pages_and_static_files_are_served_without_data() {
 async fn with_a_token_admin_routes_require_it() {
     let dir = flows_dir(&[("ticker", &tick_flow("1", 10))]);
     let engine = engine_with_flows(dir.path()).await;
-    let state = WebState::builder(engine.clone(), dir.path())
+    let state = WebState::builder(engine.clone(), vec![dir.path().to_path_buf()])
         .admin_token(Some("s3cret-token".into()))
         .build();
     let app = runnel_web::router(state);
@@ -562,7 +562,7 @@ async fn next_batch(
 async fn the_debug_socket_batches_caps_and_counts_what_it_skips() {
     let dir = flows_dir(&[("fast", &tick_flow("\"fast\"", 1))]);
     let engine = engine_with_flows(dir.path()).await;
-    let state = WebState::builder(engine.clone(), dir.path())
+    let state = WebState::builder(engine.clone(), vec![dir.path().to_path_buf()])
         .admin_token(Some("tok en".into()))
         .debug_batching(DebugBatching {
             interval: Duration::from_millis(100),

@@ -32,6 +32,13 @@ pub struct TickConfig {
     /// How often, in milliseconds (default 10).
     #[serde(default = "default_every")]
     pub every_ms: u64,
+    /// How many messages each time (default 1).
+    #[serde(default = "default_burst")]
+    pub burst: u32,
+}
+
+fn default_burst() -> u32 {
+    1
 }
 
 fn default_every() -> u64 {
@@ -41,6 +48,7 @@ fn default_every() -> u64 {
 struct TickNode {
     payload: Value,
     every: Duration,
+    burst: u32,
 }
 
 #[runnel_engine::async_trait]
@@ -52,8 +60,10 @@ impl TaskNode for TickNode {
             tokio::select! {
                 _ = ctx.stopping().cancelled() => return Ok(()),
                 _ = interval.tick() => {
-                    let msg = ctx.new_msg(self.payload.clone());
-                    ctx.send(0, msg).await;
+                    for _ in 0..self.burst {
+                        let msg = ctx.new_msg(self.payload.clone());
+                        ctx.send(0, msg).await;
+                    }
                 }
             }
         }
@@ -75,6 +85,7 @@ impl NodeType for Tick {
             TickNode {
                 payload: config.payload,
                 every: Duration::from_millis(config.every_ms),
+                burst: config.burst.max(1),
             },
         ))
     }
@@ -151,11 +162,21 @@ impl NodeType for Show {
 
 /// A flow: tick -> pass -> show, with the payload given.
 pub fn tick_flow(payload: &str, every_ms: u64) -> String {
+    burst_flow(payload, every_ms, 1)
+}
+
+/// A flow: tick (`burst` messages every `every_ms`) -> pass -> show.
+pub fn burst_flow(payload: &str, every_ms: u64, burst: u32) -> String {
+    let burst = if burst > 1 {
+        format!("\n    burst: {burst}")
+    } else {
+        String::new()
+    };
     format!(
         "# a test flow\n\
          description: ticks through a pass node into a debug node\n\
          nodes:\n  \
-           - id: tick\n    type: test-tick\n    every_ms: {every_ms}\n    payload: {payload}\n    wires: [[pass]]\n  \
+           - id: tick\n    type: test-tick\n    every_ms: {every_ms}{burst}\n    payload: {payload}\n    wires: [[pass]]\n  \
            - id: pass\n    type: test-pass\n    wires: [[show]]\n  \
            - id: show\n    type: test-debug\n"
     )
@@ -214,7 +235,7 @@ pub struct Server {
 impl Server {
     pub async fn start(dir: &Path, token: Option<&str>) -> Server {
         let engine = engine_with_flows(dir).await;
-        let state = WebState::builder(engine.clone(), dir)
+        let state = WebState::builder(engine.clone(), vec![dir.to_path_buf()])
             .admin_token(token.map(str::to_string))
             .build();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
