@@ -321,6 +321,30 @@ rules:
     }
 
     #[test]
+    fn flow_files_point_at_the_line_of_a_bad_rule() {
+        let loader = crate::inject::flow_test::engine().loader();
+        let yaml = "nodes:\n  - id: extract\n    type: change\n    rules:\n      - {set: payload, to: 1}\n      - {sett: payload, to: 1}\n";
+        let errors = loader
+            .load_str(std::path::Path::new("x.yaml"), yaml)
+            .unwrap_err()
+            .to_string();
+        assert!(errors.contains("x.yaml:6:10"), "{errors}");
+        assert!(errors.contains("extract"), "{errors}");
+        assert!(errors.contains("unknown field \"sett\""), "{errors}");
+        let yaml =
+            "nodes:\n  - id: extract\n    type: change\n    rules:\n      - {set: payload}\n";
+        let errors = loader
+            .load_str(std::path::Path::new("x.yaml"), yaml)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            errors.contains("x.yaml:5:7: node \"extract\": field \"rules\""),
+            "{errors}"
+        );
+        assert!(errors.contains("rule 1: `set` needs"), "{errors}");
+    }
+
+    #[test]
     fn bad_paths_are_rejected_at_load() {
         let error = build::<Change>("rules: [{set: \"payload..a\", to: 1}]").unwrap_err();
         assert!(error.contains("invalid property path"), "{error}");

@@ -447,6 +447,14 @@ nodes:
             next_cron_wait(&quarter_hours, &at("2026-12-01T12:07:00Z"), None).unwrap();
         assert_eq!(next, at("2026-12-01T12:15:00Z"));
         assert_eq!(wait, StdDuration::from_secs(8 * 60));
+
+        let hourly = parse_cron("@hourly").unwrap();
+        let (_, next) = next_cron_wait(&hourly, &at("2026-12-01T12:07:00Z"), None).unwrap();
+        assert_eq!(next, at("2026-12-01T13:00:00Z"));
+        // Crontab weekdays: 0 is Sunday; 2026-12-06 is a Sunday.
+        let sundays = parse_cron("0 9 * * 0").unwrap();
+        let (_, next) = next_cron_wait(&sundays, &at("2026-12-01T12:07:00Z"), None).unwrap();
+        assert_eq!(next, at("2026-12-06T09:00:00Z"));
     }
 
     #[test]
