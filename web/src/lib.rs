@@ -82,9 +82,18 @@ pub struct WebStateBuilder {
     flows: Vec<PathBuf>,
     token: Option<AdminToken>,
     debug: DebugBatching,
+    ready: bool,
 }
 
 impl WebStateBuilder {
+    /// Whether `/readyz` answers 200 from the start (default true). A
+    /// server that starts before its flows are deployed passes `false` and
+    /// calls [`WebState::set_ready`] once they run.
+    pub fn ready(mut self, ready: bool) -> Self {
+        self.ready = ready;
+        self
+    }
+
     /// Requires `Authorization: Bearer <token>` on every admin route. An
     /// empty token is ignored.
     pub fn admin_token(mut self, token: Option<String>) -> Self {
@@ -113,7 +122,7 @@ impl WebStateBuilder {
                 engine: self.engine,
                 files: FlowFiles::new(self.flows),
                 token: self.token,
-                ready: AtomicBool::new(true),
+                ready: AtomicBool::new(self.ready),
                 closing,
                 deploy_lock: Mutex::new(()),
                 templates,
@@ -133,6 +142,7 @@ impl WebState {
             flows,
             token: None,
             debug: DebugBatching::default(),
+            ready: true,
         }
     }
 
