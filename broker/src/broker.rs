@@ -7,6 +7,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::Duration;
@@ -24,6 +25,7 @@ use crate::message::{Delivery, Message, Publish};
 use crate::metrics::{Metrics, MetricsSnapshot, add};
 use crate::persist;
 use crate::retained::RetainedStore;
+use crate::server::ListenerKind;
 use crate::session::{Outgoing, Session};
 use crate::topic::{SubscriberId, Subscription, TopicTree, parse_filter, validate_topic_name};
 
@@ -216,22 +218,61 @@ impl Broker {
         Ok(Broker { shared })
     }
 
-    /// [`Broker::new`], then binds `config.listen` and serves it.
+    /// [`Broker::new`], then binds `config.listen` (and the TLS and
+    /// WebSocket listeners when configured) and serves them.
     pub async fn start(config: BrokerConfig) -> Result<Broker, BrokerError> {
         let listen = config.listen;
+        let tls = config.tls.clone();
+        let websocket = config.websocket.clone();
         let broker = Broker::new(config)?;
-        let listener = TcpListener::bind(listen).await?;
-        broker.serve_tcp(listener)?;
+        broker.serve_tcp(TcpListener::bind(listen).await?)?;
+        if let Some(tls) = tls {
+            broker.serve_tls(
+                TcpListener::bind(tls.listen).await?,
+                &tls.cert_file,
+                &tls.key_file,
+            )?;
+        }
+        if let Some(websocket) = websocket {
+            broker.serve_websocket(TcpListener::bind(websocket.listen).await?)?;
+        }
         Ok(broker)
     }
 
     /// Accepts MQTT connections on `listener` until shutdown, in a task on
     /// the current runtime. Returns the listener's address.
     pub fn serve_tcp(&self, listener: TcpListener) -> Result<SocketAddr, BrokerError> {
+        self.serve(listener, ListenerKind::Tcp)
+    }
+
+    /// Accepts MQTT over TLS on `listener`, with a certificate chain and a
+    /// private key read from PEM files.
+    pub fn serve_tls(
+        &self,
+        listener: TcpListener,
+        cert_file: &Path,
+        key_file: &Path,
+    ) -> Result<SocketAddr, BrokerError> {
+        let acceptor = crate::transport::tls_acceptor(cert_file, key_file)?;
+        self.serve(listener, ListenerKind::Tls(acceptor))
+    }
+
+    /// Accepts MQTT over WebSocket (binary frames, subprotocol `mqtt`) on
+    /// `listener`, any request path.
+    pub fn serve_websocket(&self, listener: TcpListener) -> Result<SocketAddr, BrokerError> {
+        self.serve(listener, ListenerKind::WebSocket)
+    }
+
+    fn serve(&self, listener: TcpListener, kind: ListenerKind) -> Result<SocketAddr, BrokerError> {
         if self.shared.shutdown.is_cancelled() {
             return Err(BrokerError::ShuttingDown);
         }
         let addr = listener.local_addr()?;
+        let transport = match kind {
+            ListenerKind::Tcp => "tcp",
+            ListenerKind::Tls(_) => "tls",
+            ListenerKind::WebSocket => "websocket",
+        };
         self.shared
             .local_addrs
             .lock()
@@ -240,12 +281,12 @@ impl Broker {
         let shared = self.shared.clone();
         self.shared
             .tracker
-            .spawn(crate::server::accept_loop(shared, listener));
-        tracing::info!(%addr, "mqtt listener started");
+            .spawn(crate::server::accept_loop(shared, listener, kind));
+        tracing::info!(%addr, transport, "mqtt listener started");
         Ok(addr)
     }
 
-    /// Address of the first listener, if any.
+    /// Address of the first listener (the TCP one with [`Broker::start`]), if any.
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.shared
             .local_addrs

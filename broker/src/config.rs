@@ -12,7 +12,11 @@ use serde::{Deserialize, Deserializer};
 pub struct BrokerConfig {
     /// TCP listen address used by [`crate::Broker::start`].
     pub listen: SocketAddr,
-    /// Connections held at once; one more is closed right after accept.
+    /// Optional MQTT-over-TLS listener.
+    pub tls: Option<TlsListenerConfig>,
+    /// Optional MQTT-over-WebSocket listener.
+    pub websocket: Option<WebSocketListenerConfig>,
+    /// Connections held at once (all listeners together); one more is closed right after accept.
     pub max_connections: usize,
     /// Largest packet accepted (fixed header included); a larger one
     /// closes the connection.
@@ -43,6 +47,8 @@ impl Default for BrokerConfig {
     fn default() -> Self {
         BrokerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            tls: None,
+            websocket: None,
             max_connections: 100_000,
             max_packet_size: 1024 * 1024,
             connect_timeout: Duration::from_secs(10),
@@ -61,6 +67,8 @@ impl std::fmt::Debug for BrokerConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BrokerConfig")
             .field("listen", &self.listen)
+            .field("tls", &self.tls)
+            .field("websocket", &self.websocket)
             .field("max_connections", &self.max_connections)
             .field("max_packet_size", &self.max_packet_size)
             .field("connect_timeout", &self.connect_timeout)
@@ -73,6 +81,22 @@ impl std::fmt::Debug for BrokerConfig {
             .field("sys_interval", &self.sys_interval)
             .finish()
     }
+}
+
+/// A TLS listener: address, PEM certificate chain and PEM private key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsListenerConfig {
+    pub listen: SocketAddr,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+/// A WebSocket listener (MQTT in binary frames, subprotocol `mqtt`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebSocketListenerConfig {
+    pub listen: SocketAddr,
 }
 
 /// A user allowed to connect. The password never appears in `Debug`.

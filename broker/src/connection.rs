@@ -156,7 +156,12 @@ async fn serve<S>(
         }),
         &mut out,
     );
-    if stream.write_all(&out).await.is_err() {
+    // Flushed explicitly: TLS and WebSocket transports buffer writes.
+    let written = async {
+        stream.write_all(&out).await?;
+        stream.flush().await
+    };
+    if written.await.is_err() {
         finish(&shared, &session, clean_session, guard);
         return;
     }
@@ -307,6 +312,7 @@ async fn refuse<S: AsyncWrite + Unpin>(shared: &Shared, stream: &mut S, code: Co
         &mut out,
     );
     let _ = stream.write_all(&out).await;
+    let _ = stream.flush().await;
     let _ = stream.shutdown().await;
 }
 

@@ -14,6 +14,8 @@ pub enum BrokerError {
     Io(#[from] std::io::Error),
     #[error("persistent state in {path}: {reason}")]
     Persistence { path: String, reason: String },
+    #[error("tls setup from {path}: {reason}")]
+    Tls { path: String, reason: String },
     #[error("the broker must be created inside a tokio runtime")]
     NoRuntime,
     #[error("the broker is shutting down")]

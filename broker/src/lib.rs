@@ -12,13 +12,15 @@
 //! - `session`: sessions, the bounded per-client queue, QoS 1/2 inflight state.
 //! - `retained`: retained messages.
 //! - `broker`: the [`Broker`] handle, shared state, routing.
-//! - `server`: the accept loop; `connection`: one client's read and write loops.
+//! - `server`: the accept loop; `connection`: one client's read and write loops;
+//!   `transport`: TLS (rustls) and MQTT over WebSocket.
 //! - `auth`: username/password and ACL rules; [`config`]: [`BrokerConfig`].
 //! - [`metrics`]: counters, [`MetricsSnapshot`], `$SYS` topics.
 //! - `persist`: saving persistent sessions and retained messages.
 //!
 //! # Dependencies
-//! tokio, bytes, serde, thiserror, tracing and small utilities only. This
+//! tokio, bytes, serde, thiserror, tracing, tokio-rustls (ring provider),
+//! tokio-tungstenite and small utilities only. This
 //! crate must not depend on other runnel crates: they depend on it.
 
 mod auth;
@@ -34,10 +36,13 @@ mod retained;
 mod server;
 mod session;
 pub mod topic;
+mod transport;
 
 pub use broker::{Broker, LocalSubscription};
 pub use codec::QoS;
-pub use config::{Access, AclRule, BrokerConfig, UserConfig};
+pub use config::{
+    Access, AclRule, BrokerConfig, TlsListenerConfig, UserConfig, WebSocketListenerConfig,
+};
 pub use error::BrokerError;
 pub use message::{Delivery, Publish, PublishProperties};
 pub use metrics::MetricsSnapshot;
