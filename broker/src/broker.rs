@@ -83,7 +83,6 @@ impl Shared {
     /// Stores the retained part of a publish and delivers it to every
     /// matching subscription. Returns once every QoS 1/2 delivery is queued.
     pub(crate) async fn publish(&self, message: Arc<Message>) {
-        add(&self.metrics.messages_received, 1);
         if message.retain {
             self.retained.set(&message);
         }
@@ -210,6 +209,18 @@ impl Broker {
         if let Some(dir) = &shared.config.data_dir {
             persist::load(&shared, dir)?;
         }
+        if let (Some(dir), Some(interval)) =
+            (&shared.config.data_dir, shared.config.persist_interval)
+        {
+            let weak = Arc::downgrade(&shared);
+            let token = shared.shutdown.clone();
+            let dir = dir.clone();
+            handle.spawn(
+                shared
+                    .tracker
+                    .track_future(persist_loop(weak, token, dir, interval)),
+            );
+        }
         if let Some(interval) = shared.config.sys_interval {
             let weak = Arc::downgrade(&shared);
             let token = shared.shutdown.clone();
@@ -318,6 +329,7 @@ impl Broker {
             retain: publish.retain,
             properties,
         });
+        add(&self.shared.metrics.messages_received, 1);
         self.shared.publish(message).await;
         Ok(())
     }
@@ -422,6 +434,34 @@ impl Drop for LocalSubscription {
     fn drop(&mut self) {
         if let Some(shared) = self.shared.upgrade() {
             shared.tree_write().unsubscribe(&self.filter, self.id);
+        }
+    }
+}
+
+/// Saves a snapshot every `interval`, so a crash loses at most that much.
+async fn persist_loop(
+    shared: Weak<Shared>,
+    token: CancellationToken,
+    dir: std::path::PathBuf,
+    interval: Duration,
+) {
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let dir = dir.clone();
+        // Serialising and writing may take a while: off the async workers.
+        let saved = tokio::task::spawn_blocking(move || persist::save(&shared, &dir)).await;
+        match saved {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "periodic snapshot failed"),
+            Err(error) => tracing::warn!(%error, "periodic snapshot task failed"),
         }
     }
 }

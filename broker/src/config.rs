@@ -38,6 +38,10 @@ pub struct BrokerConfig {
     /// Where persistent sessions and retained messages are saved on
     /// shutdown and reloaded on start. `None`: kept in memory only.
     pub data_dir: Option<PathBuf>,
+    /// With `data_dir`, also save a snapshot this often (a crash loses at
+    /// most this much); `None`: only on shutdown.
+    #[serde(deserialize_with = "human_duration_opt")]
+    pub persist_interval: Option<Duration>,
     /// Period of `$SYS/broker/...` statistics; `None` disables them.
     #[serde(deserialize_with = "human_duration_opt")]
     pub sys_interval: Option<Duration>,
@@ -58,6 +62,7 @@ impl Default for BrokerConfig {
             users: Vec::new(),
             acl: Vec::new(),
             data_dir: None,
+            persist_interval: Some(Duration::from_secs(60)),
             sys_interval: Some(Duration::from_secs(10)),
         }
     }
@@ -78,6 +83,7 @@ impl std::fmt::Debug for BrokerConfig {
             .field("users", &self.users)
             .field("acl", &self.acl)
             .field("data_dir", &self.data_dir)
+            .field("persist_interval", &self.persist_interval)
             .field("sys_interval", &self.sys_interval)
             .finish()
     }

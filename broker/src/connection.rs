@@ -480,6 +480,7 @@ impl Reader<'_> {
                 properties: None,
             })
         };
+        add(&self.shared.metrics.messages_received, 1);
         let queue = &self.session.queue;
         match (qos, packet_id) {
             (QoS::AtMostOnce, _) => {

@@ -59,3 +59,33 @@ async fn queued_qos1_and_retained_survive_restart() {
     );
     broker.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn periodic_snapshot_survives_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let with_dir = || BrokerConfig {
+        data_dir: Some(dir.path().to_owned()),
+        persist_interval: Some(std::time::Duration::from_millis(50)),
+        ..config()
+    };
+    let (crashed, _) = start(with_dir()).await;
+    crashed
+        .publish(runnel_broker::Publish::new("last/known", "position").with_retain(true))
+        .await
+        .unwrap();
+    // No shutdown: the first broker is simply abandoned, as in a crash.
+    let file = dir.path().join("broker-state.json");
+    let mut restored = false;
+    for _ in 0..200 {
+        if std::fs::read_to_string(&file).is_ok_and(|text| text.contains("last/known")) {
+            restored = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert!(restored, "no snapshot written");
+    let (broker, _) = start(with_dir()).await;
+    let mut sub = broker.subscribe("last/#", QoS::AtMostOnce).unwrap();
+    assert_eq!(&sub.recv().await.unwrap().payload[..], b"position");
+    drop(crashed);
+}
