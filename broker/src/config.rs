@@ -148,6 +148,10 @@ pub struct AclRule {
 pub enum ConfigError {
     #[error("{field} must be at least {min}")]
     TooSmall { field: &'static str, min: usize },
+    #[error("{field} is too large")]
+    TooLarge { field: &'static str },
+    #[error("{field} must be between 1 ms and one day")]
+    OutOfRange { field: &'static str },
     #[error("acl topic {0:?} is not a valid topic filter")]
     InvalidAclTopic(String),
 }
@@ -166,6 +170,21 @@ impl BrokerConfig {
         at_least("max_packet_size", self.max_packet_size, 64)?;
         at_least("max_queued_per_client", self.max_queued_per_client, 1)?;
         at_least("max_inflight", usize::from(self.max_inflight), 1)?;
+        if self.max_connections > tokio::sync::Semaphore::MAX_PERMITS {
+            return Err(ConfigError::TooLarge {
+                field: "max_connections",
+            });
+        }
+        let day = Duration::from_secs(86_400);
+        for (field, value) in [
+            ("connect_timeout", Some(self.connect_timeout)),
+            ("persist_interval", self.persist_interval),
+            ("sys_interval", self.sys_interval),
+        ] {
+            if value.is_some_and(|v| v > day || v.is_zero()) {
+                return Err(ConfigError::OutOfRange { field });
+            }
+        }
         for rule in &self.acl {
             let probe = rule.topic.replace("%u", "u").replace("%c", "c");
             if crate::topic::validate_topic_filter(&probe).is_err() {

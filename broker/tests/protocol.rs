@@ -499,3 +499,32 @@ async fn acl_denies_subscribe_with_0x80_and_drops_denied_publish() {
     assert_eq!(&*next.topic, "cars/alice/end");
     assert_eq!(broker.metrics().publish_denied, 1);
 }
+
+#[tokio::test]
+async fn garbage_from_many_clients_never_stops_the_broker() {
+    let (broker, addr) = start(config()).await;
+    // Deterministic pseudo-random bytes (xorshift), some after a valid CONNECT.
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for round in 0..200 {
+        let mut client = if round % 2 == 0 {
+            RawClient::open(addr).await
+        } else {
+            RawClient::connect(addr, &format!("noisy-{round}")).await
+        };
+        let garbage: Vec<u8> = (0..(next() % 300)).map(|_| next() as u8).collect();
+        client.send_raw(&garbage).await;
+    }
+    let mut healthy = RawClient::connect(addr, "healthy").await;
+    healthy.subscribe("still/+", QoS::AtMostOnce).await;
+    healthy
+        .publish("still/alive", b"yes", QoS::AtMostOnce, false, 0)
+        .await;
+    assert_eq!(healthy.next_publish().await.topic, "still/alive");
+    assert!(broker.metrics().connections_total >= 100);
+}
