@@ -143,7 +143,10 @@ fn default_client_id(flow: &runnel_engine::FlowId, node: &runnel_engine::NodeId)
 impl MqttBroker {
     fn settings(config: MqttBrokerConfig, ctx: &BuildCtx<'_>) -> Result<Settings, BuildError> {
         if config.host.trim().is_empty() {
-            return Err(BuildError::field("host", "empty host, expected a host name or IP address"));
+            return Err(BuildError::field(
+                "host",
+                "empty host, expected a host name or IP address",
+            ));
         }
         let port = match config.port {
             None => 1883,
@@ -161,13 +164,15 @@ impl MqttBroker {
                 }
             },
         };
-        if let Some(protocol) = &config.protocol {
-            if !matches!(protocol.as_str(), "3.1.1" | "4") {
-                return Err(BuildError::field(
-                    "protocol",
-                    format!("unsupported protocol {protocol:?}, expected \"3.1.1\" (MQTT 5 is not supported yet)"),
-                ));
-            }
+        if let Some(protocol) = &config.protocol
+            && !matches!(protocol.as_str(), "3.1.1" | "4")
+        {
+            return Err(BuildError::field(
+                "protocol",
+                format!(
+                    "unsupported protocol {protocol:?}, expected \"3.1.1\" (MQTT 5 is not supported yet)"
+                ),
+            ));
         }
         let client_id = non_empty(config.client_id)
             .unwrap_or_else(|| default_client_id(ctx.flow(), ctx.node_id()));
@@ -209,9 +214,14 @@ impl MqttBroker {
                 })
             }
         };
-        let keepalive = config.keepalive.map_or(std::time::Duration::from_secs(60), Duration::get);
+        let keepalive = config
+            .keepalive
+            .map_or(std::time::Duration::from_secs(60), Duration::get);
         if keepalive < std::time::Duration::from_secs(1) {
-            return Err(BuildError::field("keepalive", "keepalive must be at least 1s"));
+            return Err(BuildError::field(
+                "keepalive",
+                "keepalive must be at least 1s",
+            ));
         }
         let max_packet_size = config.max_packet_size.unwrap_or(16 * 1024 * 1024);
         if !(1024..=268_435_455).contains(&max_packet_size) {
@@ -222,7 +232,10 @@ impl MqttBroker {
         }
         let max_inflight = config.max_inflight.unwrap_or(100);
         if max_inflight == 0 || max_inflight > 65_000 {
-            return Err(BuildError::field("max_inflight", "max_inflight must be 1-65000"));
+            return Err(BuildError::field(
+                "max_inflight",
+                "max_inflight must be 1-65000",
+            ));
         }
         let reconnect_min = config
             .reconnect_min
@@ -254,8 +267,7 @@ impl MqttBroker {
 
 impl ConfigNodeType for MqttBroker {
     const TYPE: &'static str = "mqtt-broker";
-    const SUMMARY: &'static str =
-        "An MQTT 3.1.1 broker connection (TLS, credentials, persistent session), shared by mqtt-in and mqtt-out.";
+    const SUMMARY: &'static str = "An MQTT 3.1.1 broker connection (TLS, credentials, persistent session), shared by mqtt-in and mqtt-out.";
     type Config = MqttBrokerConfig;
     type Handle = BrokerHandle;
 
@@ -308,8 +320,8 @@ mod tests {
         assert!(error.contains("MQTT 5"), "{error}");
         let error = load("{id: b, type: mqtt-broker, host: h, hots: x}").unwrap_err();
         assert!(error.contains("hots"), "{error}");
-        let error =
-            load("{id: b, type: mqtt-broker, host: h, tls: {ca_file: a, cert_file: c}}").unwrap_err();
+        let error = load("{id: b, type: mqtt-broker, host: h, tls: {ca_file: a, cert_file: c}}")
+            .unwrap_err();
         assert!(error.contains("key_file"), "{error}");
     }
 

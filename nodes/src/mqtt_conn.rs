@@ -34,9 +34,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rumqttc::{
-    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, LastWill,
-    MqttOptions, Outgoing, Packet, Publish, QoS, Request, Subscribe, SubscribeFilter,
-    SubscribeReasonCode, TlsConfiguration, Transport,
+    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, LastWill, MqttOptions,
+    Outgoing, Packet, Publish, QoS, Request, Subscribe, SubscribeFilter, SubscribeReasonCode,
+    TlsConfiguration, Transport,
 };
 use runnel_engine::schemars::{self, JsonSchema};
 use runnel_engine::{Msg, NodeId, NodeMonitor, NodeStatus};
@@ -128,9 +128,12 @@ impl Drop for Delivery {
         if !self.completed {
             ack.abandoned.store(true, Ordering::Release);
         }
-        if ack.remaining.fetch_sub(1, Ordering::AcqRel) == 1 && !ack.abandoned.load(Ordering::Acquire)
+        if ack.remaining.fetch_sub(1, Ordering::AcqRel) == 1
+            && !ack.abandoned.load(Ordering::Acquire)
         {
-            let _ = ack.tx.send(AckCmd::Ack(ack.generation, ack.publish.clone()));
+            let _ = ack
+                .tx
+                .send(AckCmd::Ack(ack.generation, ack.publish.clone()));
         }
     }
 }
@@ -576,7 +579,10 @@ async fn acker(
             }
         };
         if of != generation.load(Ordering::Acquire) {
-            tracing::debug!(pkid = publish.pkid, "skipping ack from an earlier connection");
+            tracing::debug!(
+                pkid = publish.pkid,
+                "skipping ack from an earlier connection"
+            );
             continue;
         }
         if client.ack(&publish).await.is_err() {
@@ -621,8 +627,8 @@ fn read_tls(files: &TlsFiles) -> Result<Transport, String> {
         .map_err(|e| format!("cannot read tls.ca_file {}: {e}", files.ca_file))?;
     let client_auth = match (&files.client_cert_file, &files.client_key_file) {
         (Some(cert), Some(key)) => {
-            let cert_pem =
-                std::fs::read(cert).map_err(|e| format!("cannot read tls.cert_file {cert}: {e}"))?;
+            let cert_pem = std::fs::read(cert)
+                .map_err(|e| format!("cannot read tls.cert_file {cert}: {e}"))?;
             let key_pem =
                 std::fs::read(key).map_err(|e| format!("cannot read tls.key_file {key}: {e}"))?;
             Some((cert_pem, key_pem))
@@ -752,7 +758,7 @@ impl Driver {
         }
         let dropped = self.out.clear();
         self.set_status(NodeStatus::error("disconnected"));
-        let _ = self.state.send(ConnState::Disconnected);
+        self.state.send_replace(ConnState::Disconnected);
         tracing::info!(
             client_id = %self.settings.client_id,
             unacknowledged_outgoing = dropped,
@@ -762,7 +768,7 @@ impl Driver {
 
     fn on_error(&mut self, error: &ConnectionError, delay: Duration) {
         let was_connected = *self.state.borrow() == ConnState::Connected;
-        let _ = self.state.send(ConnState::Disconnected);
+        self.state.send_replace(ConnState::Disconnected);
         let text = describe_error(error);
         let host = &self.settings.host;
         let port = self.settings.port;
@@ -801,7 +807,7 @@ impl Driver {
                     "mqtt connected"
                 );
                 self.set_status(NodeStatus::ok("connected"));
-                let _ = self.state.send(ConnState::Connected);
+                self.state.send_replace(ConnState::Connected);
                 // Subscribe again on every connection, session or not.
                 self.subscribed_version = u64::MAX;
             }
@@ -1077,7 +1083,11 @@ impl Jitter {
         let base = min.saturating_mul(1u32 << exponent).min(max);
         let half = base / 2;
         let span = (base - half).as_millis() as u64;
-        let extra = if span == 0 { 0 } else { self.next() % (span + 1) };
+        let extra = if span == 0 {
+            0
+        } else {
+            self.next() % (span + 1)
+        };
         half + Duration::from_millis(extra)
     }
 }

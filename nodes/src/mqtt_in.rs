@@ -107,8 +107,7 @@ struct MqttInNode {
 
 impl NodeType for MqttIn {
     const TYPE: &'static str = "mqtt-in";
-    const SUMMARY: &'static str =
-        "Subscribes to an MQTT topic filter; acknowledges QoS 1/2 only once the flow has finished each message.";
+    const SUMMARY: &'static str = "Subscribes to an MQTT topic filter; acknowledges QoS 1/2 only once the flow has finished each message.";
     type Config = MqttInConfig;
 
     fn build(config: MqttInConfig, ctx: &BuildCtx<'_>) -> Result<NodeSpec, BuildError> {
@@ -153,14 +152,15 @@ pub(crate) fn decode(datatype: DataType, payload: &Bytes) -> Result<Value, Strin
         DataType::Text => std::str::from_utf8(payload)
             .map(Value::from)
             .map_err(|e| format!("payload is not valid UTF-8 text ({e})")),
-        DataType::Json => Value::from_json_slice(payload)
-            .map_err(|e| format!("payload is not valid JSON ({e}), expected JSON because datatype is json")),
+        DataType::Json => Value::from_json_slice(payload).map_err(|e| {
+            format!("payload is not valid JSON ({e}), expected JSON because datatype is json")
+        }),
         DataType::Auto => {
             let first = payload.iter().find(|b| !b.is_ascii_whitespace());
-            if matches!(first, Some(b'{' | b'[')) {
-                if let Ok(value) = Value::from_json_slice(payload) {
-                    return Ok(value);
-                }
+            if matches!(first, Some(b'{' | b'['))
+                && let Ok(value) = Value::from_json_slice(payload)
+            {
+                return Ok(value);
             }
             Ok(match std::str::from_utf8(payload) {
                 Ok(text) => Value::from(text),
@@ -217,8 +217,7 @@ impl MqttInNode {
             }
             Err(error) => {
                 // The catch node gets the raw payload (text when it is UTF-8).
-                let raw = decode(DataType::Auto, &delivery.publish.payload)
-                    .unwrap_or(Value::Null);
+                let raw = decode(DataType::Auto, &delivery.publish.payload).unwrap_or(Value::Null);
                 let raw = match raw {
                     Value::String(_) | Value::Bytes(_) => raw,
                     _ => Value::from(String::from_utf8_lossy(&delivery.publish.payload).as_ref()),

@@ -61,8 +61,7 @@ struct MqttOutNode {
 
 impl NodeType for MqttOut {
     const TYPE: &'static str = "mqtt-out";
-    const SUMMARY: &'static str =
-        "Publishes msg.payload to MQTT; QoS 1/2 messages finish only when the broker has acknowledged them.";
+    const SUMMARY: &'static str = "Publishes msg.payload to MQTT; QoS 1/2 messages finish only when the broker has acknowledged them.";
     type Config = MqttOutConfig;
 
     fn build(config: MqttOutConfig, ctx: &BuildCtx<'_>) -> Result<NodeSpec, BuildError> {
@@ -107,9 +106,7 @@ impl MqttOutNode {
                 topic.to_string()
             }
             (None, None) => {
-                return Err(
-                    "no topic: set `topic` on the node or a string msg.topic".to_string()
-                );
+                return Err("no topic: set `topic` on the node or a string msg.topic".to_string());
             }
         };
         let qos = match self.qos {
@@ -120,7 +117,9 @@ impl MqttOutNode {
                     .as_i64()
                     .and_then(|n| u8::try_from(n).ok())
                     .and_then(mqtt_conn::qos_from)
-                    .ok_or_else(|| format!("invalid msg.qos {}, expected 0, 1 or 2", value.to_text()))?,
+                    .ok_or_else(|| {
+                        format!("invalid msg.qos {}, expected 0, 1 or 2", value.to_text())
+                    })?,
             },
         };
         let retain = match self.retain {
@@ -180,7 +179,10 @@ mod tests {
     #[test]
     fn payloads_encode_like_node_red() {
         let object = Value::from(serde_json::json!({"lat": 1.5, "tags": ["a"]}));
-        assert_eq!(encode(&object), Bytes::from_static(br#"{"lat":1.5,"tags":["a"]}"#));
+        assert_eq!(
+            encode(&object),
+            Bytes::from_static(br#"{"lat":1.5,"tags":["a"]}"#)
+        );
         assert_eq!(encode(&Value::from("héllo")), Bytes::from("héllo"));
         assert_eq!(encode(&Value::from(42_i64)), Bytes::from_static(b"42"));
         assert_eq!(encode(&Value::from(true)), Bytes::from_static(b"true"));

@@ -50,7 +50,11 @@ impl Mosquitto {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let mut conf = format!(
-            "listener {port} 127.0.0.1\nmax_queued_messages 0\nlog_dest file {}\nlog_type all\n",
+            // `user root`: started as root, Mosquitto would switch to the
+            // mosquitto user and could not write its log and persistence
+            // files into our private temporary directory (ignored when not
+            // root).
+            "user root\nlistener {port} 127.0.0.1\nmax_queued_messages 0\nlog_dest file {}\nlog_type all\n",
             dir.path().join("mosquitto.log").display()
         );
         if opts.persistence {
@@ -99,7 +103,11 @@ impl Mosquitto {
         self.child = Some(child);
         let deadline = std::time::Instant::now() + GUARD;
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(std::time::Instant::now() < deadline, "mosquitto did not start:\n{}", self.log());
+            assert!(
+                std::time::Instant::now() < deadline,
+                "mosquitto did not start:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -170,7 +178,10 @@ fn subscriber(
                     client.subscribe(filter.clone(), qos).await.unwrap();
                 }
                 Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
-                    if tx.send((p.topic.clone(), p.payload.to_vec(), p.retain)).is_err() {
+                    if tx
+                        .send((p.topic.clone(), p.payload.to_vec(), p.retain))
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -187,14 +198,19 @@ fn subscriber(
 async fn wait_subscribed(port: u16, topic: &str, rx: &mut UnboundedReceiver<Msg>) {
     let deadline = tokio::time::Instant::now() + GUARD;
     loop {
-        assert!(tokio::time::Instant::now() < deadline, "flow never subscribed");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "flow never subscribed"
+        );
         let topic = topic.to_string();
         tokio::task::spawn_blocking(move || mosquitto_pub(port, &topic, b"\"probe\"", 0, false))
             .await
             .unwrap();
         if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(300), rx.recv()).await {
             // Drain any further probes.
-            while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(200), rx.recv()).await {}
+            while let Ok(Some(_)) =
+                tokio::time::timeout(Duration::from_millis(200), rx.recv()).await
+            {}
             return;
         }
     }
@@ -228,10 +244,65 @@ impl NodeType for Catch {
     }
 }
 
+/// A sink that hands messages to a test *with* their tracker: they stay
+/// unfinished (unacknowledged) until the test drops them. (`test-collect`
+/// finishes them at the sink.)
+struct Hold;
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct HoldConfig {
+    channel: String,
+}
+
+type HoldChannels = std::sync::Mutex<HashMap<String, tokio::sync::mpsc::UnboundedSender<Msg>>>;
+
+fn hold_channels() -> &'static HoldChannels {
+    static CHANNELS: std::sync::OnceLock<HoldChannels> = std::sync::OnceLock::new();
+    CHANNELS.get_or_init(Default::default)
+}
+
+fn hold(channel: &str) -> UnboundedReceiver<Msg> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    hold_channels()
+        .lock()
+        .unwrap()
+        .insert(channel.to_string(), tx);
+    rx
+}
+
+struct HoldNode(Option<tokio::sync::mpsc::UnboundedSender<Msg>>);
+
+impl SyncNode for HoldNode {
+    fn on_msg(&mut self, msg: Msg, _: &mut Out) -> Result<(), NodeError> {
+        if let Some(tx) = &self.0 {
+            let _ = tx.send(msg);
+        }
+        Ok(())
+    }
+}
+
+impl NodeType for Hold {
+    const TYPE: &'static str = "t-hold";
+    const SUMMARY: &'static str = "test sink keeping messages unfinished";
+    type Config = HoldConfig;
+    fn build(config: HoldConfig, _: &BuildCtx<'_>) -> Result<NodeSpec, BuildError> {
+        let tx = hold_channels()
+            .lock()
+            .unwrap()
+            .get(&config.channel)
+            .cloned();
+        Ok(NodeSpec::sync(0, HoldNode(tx)))
+    }
+}
+
 fn registry() -> Arc<Registry> {
     let mut registry = Registry::new();
     runnel_nodes::register_all(&mut registry);
-    registry.register::<Collect>().register::<Catch>();
+    registry
+        .register::<Collect>()
+        .register::<Catch>()
+        .register::<Hold>();
     registry.into_shared()
 }
 
@@ -306,14 +377,21 @@ nodes:
     deploy(&engine, &channel, &flow, &[("PORT", &port.to_string())]).await;
     wait_subscribed(port, "in/probe/b", &mut seen).await;
     // Drain probes that reached the outside subscriber.
-    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(300), outside.recv()).await {}
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(300), outside.recv()).await {
+    }
 
     let count = 30;
     tokio::task::spawn_blocking(move || {
         for n in 0..count {
             let payload = format!(r#"{{"n": {n}}}"#);
             assert!(mosquitto_pub(port, "in/a/c", b"not matched", qos, false));
-            assert!(mosquitto_pub(port, "in/a/b", payload.as_bytes(), qos, false));
+            assert!(mosquitto_pub(
+                port,
+                "in/a/b",
+                payload.as_bytes(),
+                qos,
+                false
+            ));
         }
     })
     .await
@@ -323,8 +401,14 @@ nodes:
     while got.len() < count {
         let msg = next(&mut seen).await;
         assert_eq!(msg.topic(), Some("in/a/b"));
-        assert_eq!(msg.props().get("qos").and_then(|v| v.as_i64()), Some(i64::from(qos)));
-        assert_eq!(msg.props().get("retain").and_then(|v| v.as_bool()), Some(false));
+        assert_eq!(
+            msg.props().get("qos").and_then(|v| v.as_i64()),
+            Some(i64::from(qos))
+        );
+        assert_eq!(
+            msg.props().get("retain").and_then(|v| v.as_bool()),
+            Some(false)
+        );
         got.insert(n_of(&msg));
     }
     assert_eq!(got, (0..count as i64).collect());
@@ -373,12 +457,18 @@ nodes:
     deploy(&engine, "retained", flow, &[("PORT", &port.to_string())]).await;
     let msg = next(&mut seen).await;
     assert_eq!(msg.payload().as_str(), Some("on"));
-    assert_eq!(msg.props().get("retain").and_then(|v| v.as_bool()), Some(true));
+    assert_eq!(
+        msg.props().get("retain").and_then(|v| v.as_bool()),
+        Some(true)
+    );
     drop(msg);
     // The copy was published retained: a new subscriber gets it at once.
     let mut late = subscriber(port, "copy/lamp", rumqttc::QoS::AtLeastOnce);
     let (topic, payload, retain) = next_external(&mut late).await;
-    assert_eq!((topic.as_str(), payload.as_slice(), retain), ("copy/lamp", &b"on"[..], true));
+    assert_eq!(
+        (topic.as_str(), payload.as_slice(), retain),
+        ("copy/lamp", &b"on"[..], true)
+    );
     engine.shutdown().await;
 }
 
@@ -400,14 +490,23 @@ nodes:
 "#
         );
         // Two flows: two client ids (runnel-shared-a-broker, runnel-shared-b-broker).
-        deploy(&engine, &format!("shared-{side}"), &flow, &[("PORT", &port)]).await;
+        deploy(
+            &engine,
+            &format!("shared-{side}"),
+            &flow,
+            &[("PORT", &port)],
+        )
+        .await;
     }
     let port = broker.port;
     // Both subscribed: probe until each side has seen one.
     let deadline = tokio::time::Instant::now() + GUARD;
     let (mut a_ready, mut b_ready) = (false, false);
     while !(a_ready && b_ready) {
-        assert!(tokio::time::Instant::now() < deadline, "both sides never subscribed");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "both sides never subscribed"
+        );
         tokio::task::spawn_blocking(move || mosquitto_pub(port, "jobs", b"\"probe\"", 1, false))
             .await
             .unwrap();
@@ -424,7 +523,13 @@ nodes:
     let count = 60;
     tokio::task::spawn_blocking(move || {
         for n in 0..count {
-            assert!(mosquitto_pub(port, "jobs", format!(r#"{{"n": {n}}}"#).as_bytes(), 1, false));
+            assert!(mosquitto_pub(
+                port,
+                "jobs",
+                format!(r#"{{"n": {n}}}"#).as_bytes(),
+                1,
+                false
+            ));
         }
     })
     .await
@@ -439,10 +544,17 @@ nodes:
             () = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
     }
-    assert!(!from_a.is_empty() && !from_b.is_empty(), "a: {from_a:?}, b: {from_b:?}");
+    assert!(
+        !from_a.is_empty() && !from_b.is_empty(),
+        "a: {from_a:?}, b: {from_b:?}"
+    );
     let mut all: Vec<i64> = from_a.iter().chain(&from_b).copied().collect();
     all.sort_unstable();
-    assert_eq!(all, (0..count).collect::<Vec<i64>>(), "each message exactly once across both");
+    assert_eq!(
+        all,
+        (0..count).collect::<Vec<i64>>(),
+        "each message exactly once across both"
+    );
     engine.shutdown().await;
 }
 
@@ -462,7 +574,13 @@ nodes:
   - {id: in, type: mqtt-in, broker: broker, topic: "t", qos: 1, wires: [[seen]]}
   - {id: seen, type: test-collect, channel: creds}
 "#;
-    deploy(&engine, "creds", flow, &[("PORT", &port), ("MQTT_PASSWORD", "wrong")]).await;
+    deploy(
+        &engine,
+        "creds",
+        flow,
+        &[("PORT", &port), ("MQTT_PASSWORD", "wrong")],
+    )
+    .await;
     let deadline = tokio::time::Instant::now() + GUARD;
     let status = loop {
         let info = engine.flow("creds").await.unwrap();
@@ -470,7 +588,11 @@ nodes:
         if node.status.text.contains("refused") {
             break node.status.clone();
         }
-        assert!(tokio::time::Instant::now() < deadline, "no refusal status: {:?}", node.status);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no refusal status: {:?}",
+            node.status
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(status.fill, Some("red"));
@@ -482,13 +604,31 @@ nodes:
     assert!(!status.text.contains("wrong"), "the password must not show");
 
     // The right password (a redeploy) connects.
-    deploy(&engine, "creds", flow, &[("PORT", &port), ("MQTT_PASSWORD", "s3cret")]).await;
+    deploy(
+        &engine,
+        "creds",
+        flow,
+        &[("PORT", &port), ("MQTT_PASSWORD", "s3cret")],
+    )
+    .await;
     let port = broker.port;
     let deadline = tokio::time::Instant::now() + GUARD;
     loop {
-        assert!(tokio::time::Instant::now() < deadline, "never received with the right password");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never received with the right password"
+        );
         let published = Command::new("mosquitto_pub")
-            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", "t", "-m", "hi"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-t",
+                "t",
+                "-m",
+                "hi",
+            ])
             .args(["-u", "runnel", "-P", "s3cret", "-q", "1"])
             .status()
             .unwrap();
@@ -535,13 +675,29 @@ nodes:
 
     let first = next(&mut caught).await.to_json();
     let second = next(&mut caught).await.to_json();
-    let (bad, large) = if first["payload"] == "{not json" { (first, second) } else { (second, first) };
+    let (bad, large) = if first["payload"] == "{not json" {
+        (first, second)
+    } else {
+        (second, first)
+    };
     assert_eq!(bad["payload"], "{not json");
-    assert!(bad["error"]["message"].as_str().unwrap().contains("not valid JSON"), "{bad}");
+    assert!(
+        bad["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not valid JSON"),
+        "{bad}"
+    );
     assert_eq!(bad["error"]["source"]["id"], "in");
     assert_eq!(bad["topic"], "data");
     assert_eq!(large["size"], 100);
-    assert!(large["error"]["message"].as_str().unwrap().contains("max_payload"), "{large}");
+    assert!(
+        large["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_payload"),
+        "{large}"
+    );
     engine.shutdown().await;
 }
 
@@ -588,7 +744,10 @@ nodes:
         .await
         .unwrap();
     let accepted: BTreeSet<i64> = accepted_rx.try_iter().collect();
-    assert!(accepted.len() > 40, "the publisher got too few messages through");
+    assert!(
+        accepted.len() > 40,
+        "the publisher got too few messages through"
+    );
     let deadline = tokio::time::Instant::now() + GUARD;
     while !accepted.is_subset(&got) {
         let missing: Vec<_> = accepted.difference(&got).take(10).collect();
@@ -615,7 +774,7 @@ config:
   - {id: broker, type: mqtt-broker, host: 127.0.0.1, port: "${PORT}"}
 nodes:
   - {id: in, type: mqtt-in, broker: broker, topic: "crash/#", qos: 1, wires: [[seen]]}
-  - {id: seen, type: test-collect, channel: CHANNEL}
+  - {id: seen, type: t-hold, channel: CHANNEL}
 "#;
     let env = [("PORT", port.to_string())];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -623,13 +782,19 @@ nodes:
     // First life: receive 10, finish the first 4 (acked), hold the rest.
     let first = tokio::runtime::Runtime::new().unwrap();
     let held: Vec<Msg> = first.block_on(async {
-        let mut seen = collect("crash-1");
+        let mut seen = hold("crash-1");
         let engine = engine();
         deploy(&engine, "crash", &flow.replace("CHANNEL", "crash-1"), &env).await;
         wait_subscribed(port, "crash/probe", &mut seen).await;
         tokio::task::spawn_blocking(move || {
             for n in 0..10 {
-                assert!(mosquitto_pub(port, "crash/data", format!(r#"{{"n": {n}}}"#).as_bytes(), 1, false));
+                assert!(mosquitto_pub(
+                    port,
+                    "crash/data",
+                    format!(r#"{{"n": {n}}}"#).as_bytes(),
+                    1,
+                    false
+                ));
             }
         })
         .await
@@ -652,15 +817,27 @@ nodes:
     // Second life: the same flow (same client id, persistent session).
     let second = tokio::runtime::Runtime::new().unwrap();
     second.block_on(async {
-        let mut seen = collect("crash-2");
+        let mut seen = hold("crash-2");
         let engine = engine();
         deploy(&engine, "crash", &flow.replace("CHANNEL", "crash-2"), &env).await;
         let mut got = BTreeSet::new();
+        let deadline = tokio::time::Instant::now() + GUARD;
         while !(4..10).all(|n| got.contains(&n)) {
-            let msg = next(&mut seen).await;
-            got.insert(n_of(&msg));
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not redelivered; got {got:?}\n{}",
+                broker.log()
+            );
+            if let Ok(Some(msg)) =
+                tokio::time::timeout(Duration::from_millis(500), seen.recv()).await
+            {
+                got.insert(n_of(&msg));
+            }
         }
-        assert!(got.iter().all(|n| *n >= 4 || *n < 0), "acked messages came back: {got:?}");
+        assert!(
+            got.iter().all(|n| *n >= 4 || *n < 0),
+            "acked messages came back: {got:?}"
+        );
         engine.shutdown().await;
     });
 }
@@ -687,7 +864,13 @@ nodes:
     let publisher = std::thread::spawn(move || {
         let mut accepted = Vec::new();
         for n in 0..120_i64 {
-            if mosquitto_pub(port, "re/data", format!(r#"{{"n": {n}}}"#).as_bytes(), 1, false) {
+            if mosquitto_pub(
+                port,
+                "re/data",
+                format!(r#"{{"n": {n}}}"#).as_bytes(),
+                1,
+                false,
+            ) {
                 accepted.push(n);
             }
         }
