@@ -7,10 +7,10 @@
 //! `couchdb` (`url`, `db`, `username`, `password`, usually from `${ENV}`).
 //!
 //! Operations (`operation` in config, else `msg.operation`):
-//! - `store`: upserts `msg.payload` (an object) under the id at `id_path`,
-//!   with its geometry at `geometry_path` (`{latitude, longitude}` or
-//!   GeoJSON); `msg.payload` becomes the stored document with `_id` and
-//!   `_rev`;
+//! - `store`: upserts `msg.payload` (an object, or an array of objects)
+//!   under the id at `id_path`, with its geometry at `geometry_path`
+//!   (`{latitude, longitude}` or GeoJSON); `msg.payload` becomes the stored
+//!   document(s) with `_id` and `_rev`;
 //! - `get`: `msg.payload` becomes the document, or `null` with
 //!   `msg.statusCode = 404`;
 //! - `delete`: `msg.payload` becomes `{"_id": id, "deleted": bool}`;
@@ -178,8 +178,17 @@ impl NodeType for GeoStore {
             None | Some(Value::Null) => Vec::new(),
             Some(value) => {
                 let pairs = query_pairs(value).map_err(|e| BuildError::field("query", e))?;
-                // Validate now, so a bad default fails at load time.
-                Query::from_params(&pairs).map_err(|e| BuildError::field("query", e))?;
+                // Validate now, so a bad default fails at load time. The
+                // spatial filter usually comes with each message: stand one
+                // in when the defaults have none.
+                let mut check = pairs.clone();
+                if !pairs
+                    .iter()
+                    .any(|(name, _)| matches!(name.as_str(), "bbox" | "lat" | "lon" | "g"))
+                {
+                    check.push(("bbox".to_string(), "0,0,1,1".to_string()));
+                }
+                Query::from_params(&check).map_err(|e| BuildError::field("query", e))?;
                 pairs
             }
         };
@@ -208,7 +217,9 @@ impl NodeType for GeoStore {
                 {
                     return Err(BuildError::field(
                         "store",
-                        format!("invalid store name {store:?}, expected letters, digits, -, _ or ."),
+                        format!(
+                            "invalid store name {store:?}, expected letters, digits, -, _ or ."
+                        ),
                     ));
                 }
                 Open::Embedded {
@@ -282,7 +293,9 @@ impl TaskNode for GeoStoreNode {
             Ok(lease) => lease,
             Err(error) => {
                 ctx.set_status(NodeStatus::error("cannot open the store"));
-                return Err(NodeError::new(format!("cannot open the geo store: {error}")));
+                return Err(NodeError::new(format!(
+                    "cannot open the geo store: {error}"
+                )));
             }
         };
         let Some(backend) = lease.backend() else {
@@ -378,7 +391,11 @@ async fn handle(
     }
 }
 
-async fn apply(backend: &dyn GeoBackend, settings: &Settings, msg: &mut Msg) -> Result<(), Failure> {
+async fn apply(
+    backend: &dyn GeoBackend,
+    settings: &Settings,
+    msg: &mut Msg,
+) -> Result<(), Failure> {
     let operation = match settings.operation {
         Some(operation) => operation,
         None => match msg.props().get("operation") {
@@ -397,22 +414,15 @@ async fn apply(backend: &dyn GeoBackend, settings: &Settings, msg: &mut Msg) -> 
         },
     };
     let payload = match operation {
-        Operation::Store => {
-            let doc = msg.payload();
-            if doc.as_object().is_none() {
-                return Err(input(
-                    "payload",
-                    format!("store needs an object payload, got {}", doc.type_name()),
-                ));
+        Operation::Store => match msg.payload() {
+            Value::Array(docs) => {
+                // A batch: stored concurrently (one group commit), answered
+                // in order.
+                let stores = docs.iter().map(|doc| store_one(backend, doc));
+                Value::from(futures::future::try_join_all(stores).await?)
             }
-            let mut json = doc.to_json();
-            let stored = backend.store(json.clone()).await?;
-            if let Some(object) = json.as_object_mut() {
-                object.insert("_id".into(), stored.id.into());
-                object.insert("_rev".into(), stored.rev.into());
-            }
-            Value::from(json)
-        }
+            doc => store_one(backend, doc).await?,
+        },
         Operation::Get => {
             let id = read_id(settings, msg)?;
             match backend.get(&id).await? {
@@ -440,6 +450,25 @@ async fn apply(backend: &dyn GeoBackend, settings: &Settings, msg: &mut Msg) -> 
     };
     msg.set_payload(payload);
     Ok(())
+}
+
+async fn store_one(backend: &dyn GeoBackend, doc: &Value) -> Result<Value, Failure> {
+    if doc.as_object().is_none() {
+        return Err(input(
+            "payload",
+            format!(
+                "store needs an object (or an array of objects) as payload, got {}",
+                doc.type_name()
+            ),
+        ));
+    }
+    let mut json = doc.to_json();
+    let stored = backend.store(json.clone()).await?;
+    if let Some(object) = json.as_object_mut() {
+        object.insert("_id".into(), stored.id.into());
+        object.insert("_rev".into(), stored.rev.into());
+    }
+    Ok(Value::from(json))
 }
 
 fn read_id(settings: &Settings, msg: &Msg) -> Result<String, Failure> {
@@ -485,7 +514,12 @@ fn read_id(settings: &Settings, msg: &Msg) -> Result<String, Failure> {
             }
         }
     }
-    id_text(current).ok_or_else(|| input("id", "the document id must be a non-empty string or a number"))
+    id_text(current).ok_or_else(|| {
+        input(
+            "id",
+            "the document id must be a non-empty string or a number",
+        )
+    })
 }
 
 fn read_query(settings: &Settings, msg: &Msg) -> Result<Query, Failure> {
@@ -701,7 +735,9 @@ mod tests {
         };
         assert_eq!(id(&msg(serde_json::json!({"payload": "d1"}))), "d1");
         assert_eq!(
-            id(&msg(serde_json::json!({"payload": {}, "req": {"params": {"id": "d2"}}}))),
+            id(&msg(
+                serde_json::json!({"payload": {}, "req": {"params": {"id": "d2"}}})
+            )),
             "d2"
         );
         assert_eq!(id(&msg(serde_json::json!({"payload": {"_id": 3}}))), "3");
@@ -733,12 +769,30 @@ mod tests {
     #[test]
     fn config_is_validated() {
         use runnel_engine::testing::build;
-        assert!(build::<GeoStore>("{backend: couchdb}").unwrap_err().contains("url"));
-        assert!(build::<GeoStore>("{store: ../x}").unwrap_err().contains("store"));
-        assert!(build::<GeoStore>("{query: {lat: 100, lon: 0, radius: 5}}")
-            .unwrap_err()
-            .contains("lat"));
-        assert!(build::<GeoStore>("{operation: query, query: {radius: 500, lat: 1, lon: 2}}").is_ok());
+        assert!(
+            build::<GeoStore>("{backend: couchdb}")
+                .unwrap_err()
+                .contains("url")
+        );
+        assert!(
+            build::<GeoStore>("{store: ../x}")
+                .unwrap_err()
+                .contains("store")
+        );
+        assert!(
+            build::<GeoStore>("{query: {lat: 100, lon: 0, radius: 5}}")
+                .unwrap_err()
+                .contains("lat")
+        );
+        assert!(
+            build::<GeoStore>("{operation: query, query: {radius: 500, lat: 1, lon: 2}}").is_ok()
+        );
+        assert!(build::<GeoStore>("{operation: query, query: {limit: 100}}").is_ok());
+        assert!(
+            build::<GeoStore>("{query: {limit: many}}")
+                .unwrap_err()
+                .contains("limit")
+        );
         let debug = format!(
             "{:?}",
             serde_json::from_value::<GeoStoreConfig>(serde_json::json!({

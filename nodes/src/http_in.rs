@@ -82,8 +82,7 @@ impl NodeType for HttpIn {
     type Config = HttpInConfig;
 
     fn build(config: HttpInConfig, _ctx: &BuildCtx<'_>) -> Result<NodeSpec, BuildError> {
-        let pattern =
-            PathPattern::parse(&config.path).map_err(|e| BuildError::field("path", e))?;
+        let pattern = PathPattern::parse(&config.path).map_err(|e| BuildError::field("path", e))?;
         if config.max_concurrent == 0 {
             return Err(BuildError::field("max_concurrent", "must be at least 1"));
         }
@@ -343,10 +342,7 @@ mod tests {
                 .to_json(),
             serde_json::json!({"n": 1})
         );
-        assert_eq!(
-            body(Some("text/plain"), b"hi").unwrap(),
-            Value::from("hi")
-        );
+        assert_eq!(body(Some("text/plain"), b"hi").unwrap(), Value::from("hi"));
         assert_eq!(
             body(Some("application/x-www-form-urlencoded"), b"a=1&b=two")
                 .unwrap()
@@ -357,10 +353,17 @@ mod tests {
             body(None, b"\x00\x01").unwrap(),
             Value::Bytes(Bytes::from_static(b"\x00\x01"))
         );
-        assert_eq!(body(Some("application/json"), b"").unwrap(), Value::object());
+        assert_eq!(
+            body(Some("application/json"), b"").unwrap(),
+            Value::object()
+        );
         let bad = body(Some("application/json"), b"{\"n\":").unwrap_err();
         assert_eq!(bad.field, "body");
-        assert!(bad.message.starts_with("malformed JSON body"), "{}", bad.message);
+        assert!(
+            bad.message.starts_with("malformed JSON body"),
+            "{}",
+            bad.message
+        );
         assert!(body(Some("text/plain"), b"\xff").is_err());
     }
 
@@ -371,9 +374,11 @@ mod tests {
         let error =
             runnel_engine::testing::build::<HttpIn>("{path: /x, max_body: 1XB}").unwrap_err();
         assert!(error.contains("size unit"), "{error}");
-        assert!(runnel_engine::testing::build::<HttpIn>(
-            "{method: post, path: /a/:b, max_body: 2KiB, timeout: 5s}"
-        )
-        .is_ok());
+        assert!(
+            runnel_engine::testing::build::<HttpIn>(
+                "{method: post, path: /a/:b, max_body: 2KiB, timeout: 5s}"
+            )
+            .is_ok()
+        );
     }
 }

@@ -177,7 +177,11 @@ impl TaskNode for HttpRequestNode {
     async fn run(self: Box<Self>, ctx: &mut NodeCtx) -> Result<(), NodeError> {
         let client = reqwest::Client::builder()
             .timeout(self.settings.timeout)
-            .connect_timeout(self.settings.timeout.min(std::time::Duration::from_secs(10)))
+            .connect_timeout(
+                self.settings
+                    .timeout
+                    .min(std::time::Duration::from_secs(10)),
+            )
             .build()
             .map_err(|e| NodeError::new(format!("cannot create the HTTP client: {e}")))?;
         ctx.set_status(NodeStatus::ok("ready"));
@@ -208,7 +212,11 @@ async fn finish(ctx: &mut NodeCtx, done: Result<Msg, NodeError>) {
 }
 
 /// One message: build the request, send it with retries, read the answer.
-async fn call(settings: Arc<Settings>, client: reqwest::Client, mut msg: Msg) -> Result<Msg, NodeError> {
+async fn call(
+    settings: Arc<Settings>,
+    client: reqwest::Client,
+    mut msg: Msg,
+) -> Result<Msg, NodeError> {
     let request = match build_request(&settings, &client, &msg) {
         Ok(request) => request,
         Err(error) => return Err(NodeError::new(error).with_msg(msg)),
@@ -333,7 +341,11 @@ async fn send_with_retries(
         let retry_left = attempt < settings.retries;
         match client.execute(this_try).await {
             Ok(response) if response.status().is_server_error() && retry_left => {
-                tracing::debug!(status = response.status().as_u16(), attempt, "server error; retrying");
+                tracing::debug!(
+                    status = response.status().as_u16(),
+                    attempt,
+                    "server error; retrying"
+                );
             }
             Ok(response) => return Ok(response),
             Err(error) if error.is_connect() && retry_left => {
@@ -358,7 +370,10 @@ async fn send_with_retries(
     }
 }
 
-async fn read_limited(mut response: reqwest::Response, limit: usize) -> Result<bytes::Bytes, String> {
+async fn read_limited(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<bytes::Bytes, String> {
     if response
         .headers()
         .get(CONTENT_LENGTH)
@@ -366,7 +381,9 @@ async fn read_limited(mut response: reqwest::Response, limit: usize) -> Result<b
         .and_then(|v| v.parse::<u64>().ok())
         .is_some_and(|n| n > limit as u64)
     {
-        return Err(format!("answer body larger than max_response ({limit} bytes)"));
+        return Err(format!(
+            "answer body larger than max_response ({limit} bytes)"
+        ));
     }
     let mut body = bytes::BytesMut::new();
     while let Some(chunk) = response
@@ -375,7 +392,9 @@ async fn read_limited(mut response: reqwest::Response, limit: usize) -> Result<b
         .map_err(|e| format!("cannot read the answer: {}", e.without_url()))?
     {
         if body.len() + chunk.len() > limit {
-            return Err(format!("answer body larger than max_response ({limit} bytes)"));
+            return Err(format!(
+                "answer body larger than max_response ({limit} bytes)"
+            ));
         }
         body.extend_from_slice(&chunk);
     }
@@ -528,8 +547,13 @@ mod tests {
             "payload": {"id": "a/b c"},
             "topic": 7
         }));
-        assert_eq!(t.render(&m).unwrap(), "http://h:1/api/devices/a%2Fb%20c?t=7");
-        let error = t.render(&msg(serde_json::json!({"base": "x"}))).unwrap_err();
+        assert_eq!(
+            t.render(&m).unwrap(),
+            "http://h:1/api/devices/a%2Fb%20c?t=7"
+        );
+        let error = t
+            .render(&msg(serde_json::json!({"base": "x"})))
+            .unwrap_err();
         assert!(error.contains("payload.id"), "{error}");
         assert!(Template::parse("http://x/{{payload").is_err());
         assert!(Template::parse("http://x/{{pay..load}}").is_err());
@@ -539,9 +563,13 @@ mod tests {
     fn bodies_decode_by_content_type() {
         let b = |s: &'static [u8]| bytes::Bytes::from_static(s);
         assert_eq!(
-            decode_body(ResponseAs::Auto, "application/json; charset=utf-8", b(b"{\"a\":1}"))
-                .unwrap()
-                .to_json(),
+            decode_body(
+                ResponseAs::Auto,
+                "application/json; charset=utf-8",
+                b(b"{\"a\":1}")
+            )
+            .unwrap()
+            .to_json(),
             serde_json::json!({"a": 1})
         );
         assert_eq!(
@@ -571,9 +599,11 @@ mod tests {
         assert!(build::<HttpRequest>("{url: 'http://x/{{payload'}").is_err());
         assert!(build::<HttpRequest>("{concurrency: 0}").is_err());
         assert!(build::<HttpRequest>("{headers: {'bad name': x}}").is_err());
-        assert!(build::<HttpRequest>(
-            "{method: post, url: 'http://127.0.0.1:1/{{payload.id}}', retries: 0, timeout: 2s}"
-        )
-        .is_ok());
+        assert!(
+            build::<HttpRequest>(
+                "{method: post, url: 'http://127.0.0.1:1/{{payload.id}}', retries: 0, timeout: 2s}"
+            )
+            .is_ok()
+        );
     }
 }

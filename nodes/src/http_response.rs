@@ -18,7 +18,9 @@ use axum::http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use axum::http::{HeaderMap, StatusCode};
 use bytes::Bytes;
 use runnel_engine::schemars::{self, JsonSchema};
-use runnel_engine::{BuildCtx, BuildError, Msg, NodeError, NodeSpec, NodeType, Out, SyncNode, Value};
+use runnel_engine::{
+    BuildCtx, BuildError, Msg, NodeError, NodeSpec, NodeType, Out, SyncNode, Value,
+};
 use serde::Deserialize;
 
 use crate::http_server::{HttpReply, REPLY_HANDLE, ReplyHandle};
@@ -200,7 +202,10 @@ mod tests {
     fn request_msg(payload: serde_json::Value) -> (Msg, oneshot::Receiver<HttpReply>) {
         let (tx, rx) = oneshot::channel();
         let mut msg = Msg::new(Value::from(payload));
-        msg.set_handle(REPLY_HANDLE, Arc::new(ReplyHandle::new(tx, "GET /t".into())));
+        msg.set_handle(
+            REPLY_HANDLE,
+            Arc::new(ReplyHandle::new(tx, "GET /t".into())),
+        );
         (msg, rx)
     }
 
@@ -262,6 +267,10 @@ mod tests {
         let (msg, _rx) = request_msg(serde_json::json!(1));
         let out = run_sync::<HttpResponse>("{}", vec![msg.clone(), msg]).unwrap();
         assert_eq!(out.errors.len(), 1);
-        assert!(out.errors[0].contains("already answered"), "{:?}", out.errors);
+        assert!(
+            out.errors[0].contains("already answered"),
+            "{:?}",
+            out.errors
+        );
     }
 }

@@ -544,7 +544,7 @@ impl HttpRoutes {
             endpoint: Arc::new(endpoint),
         });
         // Most specific first, so the first match wins.
-        routes.sort_by(|a, b| b.pattern.specificity().cmp(&a.pattern.specificity()));
+        routes.sort_by_key(|route| std::cmp::Reverse(route.pattern.specificity()));
         Ok(RouteGuard { table: self, id })
     }
 
@@ -565,8 +565,7 @@ impl HttpRoutes {
             let Some(params) = route.pattern.matches(&parts) else {
                 continue;
             };
-            if route.method == *method || (*method == Method::HEAD && route.method == Method::GET)
-            {
+            if route.method == *method || (*method == Method::HEAD && route.method == Method::GET) {
                 return Lookup::Found(route.endpoint.clone(), params);
             }
             path_known = true;
@@ -622,8 +621,12 @@ pub async fn handle(routes: &'static HttpRoutes, request: Request) -> Response {
         Err(BodyError::TooLarge) => return too_large(endpoint.max_body),
         Err(BodyError::Read(error)) => {
             tracing::debug!(request = %label, %error, "cannot read the request body");
-            return HttpReply::error(StatusCode::BAD_REQUEST, "cannot read the request body", None)
-                .into_response();
+            return HttpReply::error(
+                StatusCode::BAD_REQUEST,
+                "cannot read the request body",
+                None,
+            )
+            .into_response();
         }
     };
     let parsed = crate::http_in::parse_request(&parts, params, body, endpoint.payload_is_query);
@@ -750,7 +753,10 @@ mod tests {
                 ("kind".to_string(), "x".to_string())
             ])
         );
-        assert_eq!(p.matches(&split_path("/devices/a").collect::<Vec<_>>()), None);
+        assert_eq!(
+            p.matches(&split_path("/devices/a").collect::<Vec<_>>()),
+            None
+        );
         assert!(PathPattern::parse("devices").is_err());
         assert!(PathPattern::parse("/a/:x/:x").is_err());
         assert!(PathPattern::parse("/a/:").is_err());

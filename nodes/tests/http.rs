@@ -1,0 +1,739 @@
+//! HTTP nodes and the geo-store over real HTTP on loopback: an axum server
+//! on port 0 mounting `http_server::fallback_handler` (as the binary does),
+//! flows run by a real `Engine`, and reqwest as the client.
+//!
+//! The route table is process-wide, so every test serves its own paths.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use runnel_engine::schemars::{self, JsonSchema};
+use runnel_engine::testing::{Collect, collect};
+use runnel_engine::{
+    BuildCtx, BuildError, Engine, EngineSettings, EngineShared, Msg, NodeError, NodeSpec, NodeType,
+    Out, SyncNode, Value,
+};
+use runnel_nodes::http_server::{HttpReply, REPLY_HANDLE, ReplyHandle, fallback_handler, routes};
+use serde_json::json;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+
+/// `test-hold`: like `test-collect`, but hands over the message itself
+/// (tracker and handles included), so the test decides when it finishes.
+#[derive(Debug)]
+struct Hold;
+
+#[derive(Debug, serde::Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct HoldConfig {
+    channel: String,
+}
+
+struct HoldNode(Option<UnboundedSender<Msg>>);
+
+impl SyncNode for HoldNode {
+    fn on_msg(&mut self, msg: Msg, _out: &mut Out) -> Result<(), NodeError> {
+        if let Some(tx) = &self.0 {
+            let _ = tx.send(msg);
+        }
+        Ok(())
+    }
+}
+
+type HoldChannels = Mutex<HashMap<String, UnboundedSender<Msg>>>;
+
+fn hold_channels() -> &'static HoldChannels {
+    static CHANNELS: OnceLock<HoldChannels> = OnceLock::new();
+    CHANNELS.get_or_init(Default::default)
+}
+
+fn hold(channel: &str) -> UnboundedReceiver<Msg> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    hold_channels()
+        .lock()
+        .unwrap()
+        .insert(channel.to_string(), tx);
+    rx
+}
+
+impl NodeType for Hold {
+    const TYPE: &'static str = "test-hold";
+    const SUMMARY: &'static str = "Test sink that keeps messages unfinished.";
+    type Config = HoldConfig;
+
+    fn build(config: HoldConfig, _ctx: &BuildCtx<'_>) -> Result<NodeSpec, BuildError> {
+        let tx = hold_channels()
+            .lock()
+            .unwrap()
+            .get(&config.channel)
+            .cloned();
+        Ok(NodeSpec::sync(0, HoldNode(tx)))
+    }
+}
+
+/// Generous hang guard; never a timing assertion.
+const GUARD: Duration = Duration::from_secs(20);
+
+async fn serve(app: axum::Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    addr
+}
+
+async fn flow_server() -> SocketAddr {
+    serve(axum::Router::new().fallback(fallback_handler)).await
+}
+
+fn engine(data_dir: &Path) -> Arc<Engine> {
+    let mut registry = runnel_nodes::registry();
+    registry.register::<Collect>().register::<Hold>();
+    Engine::new(
+        registry.into_shared(),
+        EngineShared::new(EngineSettings {
+            data_dir: data_dir.to_path_buf(),
+            ..EngineSettings::default()
+        }),
+    )
+}
+
+/// Deploys `yaml` and waits until its `routes` are served.
+async fn deploy(engine: &Engine, name: &str, yaml: &str, expect_routes: &[&str]) {
+    let flow = engine
+        .loader()
+        .load_str(Path::new(&format!("{name}.yaml")), yaml)
+        .unwrap_or_else(|e| panic!("flow {name} does not load: {e:?}"));
+    engine.deploy(flow).await;
+    wait_for_routes(expect_routes).await;
+}
+
+async fn wait_for_routes(expect: &[&str]) {
+    tokio::time::timeout(GUARD, async {
+        loop {
+            let list = routes().list();
+            if expect.iter().all(|r| list.iter().any(|l| l == r)) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("routes {expect:?} never registered: {:?}", routes().list()));
+}
+
+async fn next(rx: &mut UnboundedReceiver<Msg>) -> Msg {
+    tokio::time::timeout(GUARD, rx.recv())
+        .await
+        .expect("a message in time")
+        .expect("channel open")
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(GUARD).build().unwrap()
+}
+
+async fn json_of(response: reqwest::Response) -> (u16, serde_json::Value) {
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    let body = serde_json::from_str(&text).unwrap_or_else(|_| json!(text));
+    (status, body)
+}
+
+fn flows_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../flows")
+}
+
+#[tokio::test]
+async fn routes_with_params_and_query_strings() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(dir.path());
+    let addr = flow_server().await;
+    let yaml = r#"
+nodes:
+  - {id: by-id, type: http-in, path: /t1/devices/:id, wires: [[echo]]}
+  - {id: near, type: http-in, path: /t1/devices/near, wires: [[fixed]]}
+  - id: echo
+    type: change
+    rules: [{set: payload, from: req}]
+    wires: [[respond]]
+  - id: fixed
+    type: change
+    rules: [{set: payload, to: "near"}, {set: headers, to: {x-route: near}}]
+    wires: [[respond]]
+  - {id: respond, type: http-response}
+"#;
+    deploy(
+        &engine,
+        "t1",
+        yaml,
+        &["GET /t1/devices/:id", "GET /t1/devices/near"],
+    )
+    .await;
+    let http = client();
+
+    let response = http
+        .get(format!(
+            "http://{addr}/t1/devices/dev%201?limit=5&tag=a&tag=b"
+        ))
+        .header("x-test", "yes")
+        .send()
+        .await
+        .unwrap();
+    let (status, req) = json_of(response).await;
+    assert_eq!(status, 200);
+    assert_eq!(req["method"], "GET");
+    assert_eq!(req["path"], "/t1/devices/dev%201");
+    assert_eq!(req["params"], json!({"id": "dev 1"}));
+    assert_eq!(req["query"], json!({"limit": "5", "tag": ["a", "b"]}));
+    assert_eq!(req["headers"]["x-test"], "yes");
+
+    let response = http
+        .get(format!("http://{addr}/t1/devices/near"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-route"], "near");
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/plain; charset=utf-8"
+    );
+    assert_eq!(response.text().await.unwrap(), "near");
+
+    let (status, body) = json_of(
+        http.get(format!("http://{addr}/t1/nothing"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, body["error"].as_str()), (404, Some("not found")));
+    let status = http
+        .post(format!("http://{addr}/t1/devices/x"))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 405);
+
+    // A second flow cannot take a served route; removing the first frees it.
+    let dup = r#"
+nodes:
+  - {id: again, type: http-in, path: "/t1/devices/{other}", wires: [[r]]}
+  - {id: r, type: http-response}
+"#;
+    let flow = engine
+        .loader()
+        .load_str(Path::new("t1-dup.yaml"), dup)
+        .unwrap();
+    engine.deploy(flow).await;
+    engine.remove(&runnel_engine::FlowId::new("t1")).await;
+    wait_for_routes(&["GET /t1/devices/{other}"]).await;
+    assert!(!routes().list().iter().any(|r| r == "GET /t1/devices/near"));
+    engine.shutdown().await;
+    assert!(!routes().list().iter().any(|r| r.starts_with("GET /t1/")));
+}
+
+#[tokio::test]
+async fn bodies_are_parsed_by_content_type_and_echoed_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(dir.path());
+    let addr = flow_server().await;
+    let yaml = r#"
+nodes:
+  - {id: in, type: http-in, method: POST, path: /t2/echo, wires: [[respond]]}
+  - {id: respond, type: http-response}
+"#;
+    deploy(&engine, "t2", yaml, &["POST /t2/echo"]).await;
+    let http = client();
+    let url = format!("http://{addr}/t2/echo");
+    let post = |ct: &'static str, body: &'static [u8]| {
+        http.post(&url).header("content-type", ct).body(body).send()
+    };
+
+    let response = post("application/json", br#"{"d":{"n":1}}"#).await.unwrap();
+    assert_eq!(response.headers()["content-type"], "application/json");
+    assert_eq!(response.text().await.unwrap(), r#"{"d":{"n":1}}"#);
+
+    let response = post("text/plain; charset=utf-8", b"hello").await.unwrap();
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/plain; charset=utf-8"
+    );
+    assert_eq!(response.text().await.unwrap(), "hello");
+
+    let response = post("application/x-www-form-urlencoded", b"a=1&b=two+words")
+        .await
+        .unwrap();
+    let (_, form) = json_of(response).await;
+    assert_eq!(form, json!({"a": "1", "b": "two words"}));
+
+    let response = post("application/octet-stream", b"\x00\xff\x10")
+        .await
+        .unwrap();
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/octet-stream"
+    );
+    assert_eq!(&response.bytes().await.unwrap()[..], b"\x00\xff\x10");
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn limits_answer_413_400_and_503() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(dir.path());
+    let addr = flow_server().await;
+    let mut held = hold("t3-held");
+    let yaml = r#"
+nodes:
+  - {id: small, type: http-in, method: POST, path: /t3/small, max_body: 16, wires: [[respond]]}
+  - {id: respond, type: http-response}
+  - {id: one, type: http-in, method: POST, path: /t3/one, max_concurrent: 1, wires: [[hold]]}
+  - {id: hold, type: test-hold, channel: t3-held}
+"#;
+    deploy(&engine, "t3", yaml, &["POST /t3/small", "POST /t3/one"]).await;
+    let http = client();
+
+    let (status, body) = json_of(
+        http.post(format!("http://{addr}/t3/small"))
+            .header("content-type", "application/json")
+            .body(vec![b' '; 17])
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 413);
+    assert_eq!(body["field"], "body");
+
+    // Chunked, so no content-length announces the size.
+    let chunks = futures::stream::iter(
+        (0..4).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"0123456789"))),
+    );
+    let status = http
+        .post(format!("http://{addr}/t3/small"))
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 413);
+
+    let (status, body) = json_of(
+        http.post(format!("http://{addr}/t3/small"))
+            .header("content-type", "application/json")
+            .body(r#"{"a":"#)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(body["field"], "body");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("malformed JSON body"),
+        "{body}"
+    );
+
+    // The first request is held (its message sits in the collector), so the
+    // second finds no free slot.
+    let first = tokio::spawn({
+        let http = http.clone();
+        let url = format!("http://{addr}/t3/one");
+        async move { http.post(url).body("first").send().await.unwrap() }
+    });
+    let msg = next(&mut held).await;
+    let (status, body) = json_of(
+        http.post(format!("http://{addr}/t3/one"))
+            .body("second")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 503);
+    assert!(
+        body["error"].as_str().unwrap().contains("too many"),
+        "{body}"
+    );
+
+    let reply = msg.handle::<ReplyHandle>(REPLY_HANDLE).unwrap();
+    reply
+        .send(HttpReply::error(
+            axum::http::StatusCode::ACCEPTED,
+            "done",
+            None,
+        ))
+        .unwrap();
+    drop(msg);
+    let response = tokio::time::timeout(GUARD, first).await.unwrap().unwrap();
+    assert_eq!(response.status(), 202);
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn unanswered_requests_get_500_and_reach_catch() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(dir.path());
+    let addr = flow_server().await;
+    let mut held = hold("t4-held");
+    let mut errors = collect("t4-errors");
+    let yaml = r#"
+nodes:
+  - {id: slow, type: http-in, path: /t4/slow, timeout: 300ms, wires: [[hold]]}
+  - {id: hold, type: test-hold, channel: t4-held}
+  - {id: dropped, type: http-in, path: /t4/dropped, wires: [[nowhere]]}
+  - {id: nowhere, type: change, rules: [{set: topic, to: lost}]}
+  - {id: failing, type: http-in, method: POST, path: /t4/failing, wires: [[decode]]}
+  - {id: decode, type: base64, property: payload.name}
+  - {id: errors, type: catch, wires: [[sink]]}
+  - {id: sink, type: test-collect, channel: t4-errors}
+"#;
+    deploy(
+        &engine,
+        "t4",
+        yaml,
+        &["GET /t4/slow", "GET /t4/dropped", "POST /t4/failing"],
+    )
+    .await;
+    let http = client();
+
+    // Nothing answers in time: 500 with a generic body, and catch hears of it.
+    let (status, body) = json_of(
+        http.get(format!("http://{addr}/t4/slow"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 500);
+    assert_eq!(
+        body,
+        json!({"error": "internal server error", "field": null})
+    );
+    let error = next(&mut errors).await;
+    let text = error.to_json()["error"]["message"].to_string();
+    assert!(text.contains("no http-response for GET /t4/slow"), "{text}");
+    assert_eq!(error.to_json()["error"]["source"]["id"], "slow");
+    drop(next(&mut held).await);
+
+    // The message is dropped without an answer: 500 at once, and catch.
+    let status = http
+        .get(format!("http://{addr}/t4/dropped"))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 500);
+    let text = next(&mut errors).await.to_json()["error"]["message"].to_string();
+    assert!(
+        text.contains("finished without reaching an http-response"),
+        "{text}"
+    );
+
+    // A node fails on it: the node's own error reaches catch; once catch's
+    // branch is done with the message, the client gets a 500 without detail.
+    let response = tokio::spawn(
+        http.post(format!("http://{addr}/t4/failing"))
+            .header("content-type", "application/json")
+            .body(r#"{"name": "***not base64***"}"#)
+            .send(),
+    );
+    let error = next(&mut errors).await;
+    assert_eq!(error.to_json()["error"]["source"]["id"], "decode");
+    drop(error);
+    let (status, body) = json_of(response.await.unwrap().unwrap()).await;
+    assert_eq!(status, 500);
+    assert!(!body.to_string().contains("base64"), "{body}");
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn http_request_templates_retries_and_reports_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(dir.path());
+    let calls = Arc::new(AtomicUsize::new(0));
+    let upstream = serve(axum::Router::new().route(
+        "/items/{id}",
+        axum::routing::post({
+            let calls = calls.clone();
+            move |axum::extract::Path(id): axum::extract::Path<String>,
+                  headers: axum::http::HeaderMap,
+                  body: String| {
+                let calls = calls.clone();
+                async move {
+                    // Two 503s, then the answer: the node must retry twice.
+                    if calls.fetch_add(1, Ordering::SeqCst) < 2 {
+                        return (axum::http::StatusCode::SERVICE_UNAVAILABLE, "busy")
+                            .into_response();
+                    }
+                    axum::Json(json!({
+                        "id": id,
+                        "body": body,
+                        "token": headers.get("x-token").and_then(|v| v.to_str().ok()),
+                    }))
+                    .into_response()
+                }
+            }
+        }),
+    ))
+    .await;
+    // A port with nothing listening.
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let mut out = collect("t5-out");
+    let mut errors = collect("t5-errors");
+    let yaml = format!(
+        r#"
+nodes:
+  - id: go
+    type: inject
+    payload: {{id: "a b/c", n: 1}}
+    wires: [[call]]
+  - id: call
+    type: http-request
+    method: POST
+    url: "http://{upstream}/items/{{{{payload.id}}}}"
+    headers: {{x-token: secret-token}}
+    retries: 2
+    retry_backoff: 10ms
+    wires: [[out]]
+  - {{id: out, type: test-collect, channel: t5-out}}
+  - id: go-nowhere
+    type: inject
+    payload: x
+    wires: [[refused]]
+  - id: refused
+    type: http-request
+    url: "http://{closed}/x"
+    retries: 1
+    retry_backoff: 10ms
+  - {{id: errors, type: catch, scope: [refused], wires: [[sink]]}}
+  - {{id: sink, type: test-collect, channel: t5-errors}}
+"#
+    );
+    let flow = engine
+        .loader()
+        .load_str(Path::new("t5.yaml"), &yaml)
+        .unwrap();
+    engine.deploy(flow).await;
+
+    let msg = next(&mut out).await.to_json();
+    assert_eq!(msg["statusCode"], 200);
+    assert_eq!(msg["payload"]["id"], "a b/c");
+    assert_eq!(msg["payload"]["body"], r#"{"id":"a b/c","n":1}"#);
+    assert_eq!(msg["payload"]["token"], "secret-token");
+    assert_eq!(msg["headers"]["content-type"], "application/json");
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+
+    let error = next(&mut errors).await.to_json();
+    let text = error["error"]["message"].as_str().unwrap().to_string();
+    assert!(text.contains("cannot connect"), "{text}");
+    assert!(text.contains("after 2 attempt(s)"), "{text}");
+    engine.shutdown().await;
+}
+
+use axum::response::IntoResponse as _;
+
+#[tokio::test]
+async fn openwhisk_flow_answers_like_the_seed_action() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(dir.path());
+    let addr = flow_server().await;
+    let path = flows_dir().join("openwhisk-base64.yaml");
+    let flow = engine.loader().load_file(&path).unwrap();
+    engine.deploy(flow).await;
+    wait_for_routes(&["POST /api/v1/namespaces/:ns/actions/:name"]).await;
+    let http = client();
+    let url =
+        format!("http://{addr}/api/v1/namespaces/guest/actions/test1?blocking=true&result=true");
+
+    let (status, body) = json_of(
+        http.post(&url)
+            .json(&json!({"name": "aGVsbG8gZnJvbSBtb2JpbGUgdXNlcg=="}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(body, json!({"payload": "hello from mobile user"}));
+
+    let (status, body) = json_of(
+        http.post(&url)
+            .json(&json!({"nom": "x"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(body["field"], "name");
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn device_locations_flow_stores_and_queries_the_embedded_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = flow_server().await;
+    let http = client();
+    let path = flows_dir().join("device-locations.yaml");
+    let get = |url: String| {
+        let http = http.clone();
+        async move { json_of(http.get(url).send().await.unwrap()).await }
+    };
+
+    for round in 0..2 {
+        let engine = engine(dir.path());
+        let flow = engine.loader().load_file(&path).unwrap();
+        engine.deploy(flow).await;
+        wait_for_routes(&["GET /devices/near", "GET /devices", "GET /devices/:id"]).await;
+        // The inject stores the seed documents at start (again on the second
+        // start: a new revision); wait until they are all in.
+        let rev = format!("{}-", round + 1);
+        tokio::time::timeout(GUARD, async {
+            for id in ["mydevice1", "mydevice2", "mydevice3", "mydevice4"] {
+                loop {
+                    let (status, doc) = get(format!("http://{addr}/devices/{id}")).await;
+                    if status == 200 && doc["_rev"].as_str().unwrap().starts_with(&rev) {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        })
+        .await
+        .expect("seed documents stored");
+
+        let (status, doc) = get(format!("http://{addr}/devices/mydevice1")).await;
+        assert_eq!(status, 200);
+        assert_eq!(doc["_id"], "mydevice1");
+        assert!(doc["_rev"].as_str().unwrap().contains('-'));
+        assert_eq!(doc["d"]["name"], "My Device");
+        assert_eq!(doc["d"]["location"]["type"], "GPS");
+
+        let (status, docs) = get(format!(
+            "http://{addr}/devices/near?lat=41.87&lon=-87.62&radius=500"
+        ))
+        .await;
+        assert_eq!(status, 200);
+        let mut ids: Vec<&str> = docs
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["_id"].as_str().unwrap())
+            .collect();
+        ids.sort_unstable();
+        assert_eq!(ids, ["mydevice1", "mydevice2"]);
+
+        let (status, docs) = get(format!("http://{addr}/devices?bbox=-88,41.5,-87.5,42")).await;
+        assert_eq!(status, 200);
+        assert_eq!(docs.as_array().unwrap().len(), 3, "{docs}");
+
+        let (status, body) = get(format!(
+            "http://{addr}/devices/near?lat=91&lon=-87.62&radius=500"
+        ))
+        .await;
+        assert_eq!(status, 400);
+        assert_eq!(body["field"], "lat", "{body}");
+        let (status, body) =
+            get(format!("http://{addr}/devices/near?lat=1&lon=2&colour=red")).await;
+        assert_eq!(status, 400);
+        assert_eq!(body["field"], "colour", "{body}");
+
+        let (status, body) = get(format!("http://{addr}/devices/nobody")).await;
+        assert_eq!((status, body), (404, json!("")));
+        engine.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn geo_store_operations_from_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(dir.path());
+    let addr = flow_server().await;
+    let mut errors = collect("t8-errors");
+    let yaml = r#"
+nodes:
+  - {id: in, type: http-in, method: POST, path: /t8/geo/:op, wires: [[op]]}
+  - id: op
+    type: change
+    rules: [{set: operation, from: req.params.op}]
+    wires: [[geo]]
+  - {id: geo, type: geo-store, geometry_path: geometry, wires: [[respond]]}
+  - {id: respond, type: http-response}
+  - {id: failed, type: catch, wires: [[respond, sink]]}
+  - {id: sink, type: test-collect, channel: t8-errors}
+"#;
+    deploy(&engine, "t8", yaml, &["POST /t8/geo/:op"]).await;
+    let http = client();
+    let call = |op: &str, body: serde_json::Value| {
+        let request = http
+            .post(format!("http://{addr}/t8/geo/{op}"))
+            .json(&body)
+            .send();
+        async move { json_of(request.await.unwrap()).await }
+    };
+
+    let square = json!({"type": "Polygon", "coordinates": [[[0,0],[1,0],[1,1],[0,1],[0,0]]]});
+    let (status, stored) = call("store", json!({"_id": "zone", "geometry": square})).await;
+    assert_eq!(status, 200, "{stored}");
+    assert!(stored["_rev"].as_str().unwrap().starts_with("1-"));
+    let (status, docs) = call("query?bbox=-1,-1,0.5,0.5", json!(null)).await;
+    assert_eq!(status, 200, "{docs}");
+    assert_eq!(docs[0]["_id"], "zone");
+    let (status, docs) = call("query?lat=10&lon=10&radius=1000", json!(null)).await;
+    assert_eq!((status, docs), (200, json!([])));
+    let (status, body) = call("query", json!(null)).await;
+    assert_eq!(status, 400, "no filter: {body}");
+    drop(next(&mut errors).await);
+
+    let (_, bad) = call(
+        "store",
+        json!({"_id": "p", "geometry": {"latitude": "north", "longitude": 2}}),
+    )
+    .await;
+    assert!(bad["field"].as_str().unwrap().contains("latitude"), "{bad}");
+    let error = next(&mut errors).await.to_json();
+    assert_eq!(error["error"]["source"]["id"], "geo");
+
+    let (status, gone) = call("delete", json!("zone")).await;
+    assert_eq!(
+        (status, gone),
+        (200, json!({"_id": "zone", "deleted": true}))
+    );
+    let (status, _) = call("get", json!("zone")).await;
+    assert_eq!(status, 404);
+    let (status, body) = call("teleport", json!({})).await;
+    assert_eq!((status, body["field"].as_str()), (400, Some("operation")));
+    drop(next(&mut errors).await);
+    engine.shutdown().await;
+}
+
+#[test]
+fn values_cross_the_reply_handle_untouched() {
+    // A compile-time check that the handle types are public and usable.
+    let (tx, _rx) = tokio::sync::oneshot::channel();
+    let mut msg = Msg::new(Value::Null);
+    msg.set_handle(
+        REPLY_HANDLE,
+        Arc::new(ReplyHandle::new(tx, "GET /x".into())),
+    );
+    assert!(
+        msg.handle::<ReplyHandle>(REPLY_HANDLE)
+            .unwrap()
+            .is_pending()
+    );
+}
