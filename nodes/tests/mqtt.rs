@@ -165,10 +165,28 @@ fn subscriber(
     filter: &str,
     qos: rumqttc::QoS,
 ) -> UnboundedReceiver<(String, Vec<u8>, bool)> {
+    subscriber_with(
+        port,
+        filter,
+        qos,
+        &format!("test-sub-{}", free_port()),
+        true,
+    )
+}
+
+/// A subscriber with a fixed client id; `clean: false` keeps its session
+/// (and queued messages) across broker restarts.
+fn subscriber_with(
+    port: u16,
+    filter: &str,
+    qos: rumqttc::QoS,
+    client_id: &str,
+    clean: bool,
+) -> UnboundedReceiver<(String, Vec<u8>, bool)> {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut options =
-        rumqttc::MqttOptions::new(format!("test-sub-{}", free_port()), "127.0.0.1", port);
+    let mut options = rumqttc::MqttOptions::new(client_id, "127.0.0.1", port);
     options.set_max_packet_size(1 << 20, 1 << 20);
+    options.set_clean_session(clean);
     let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 64);
     let filter = filter.to_string();
     tokio::spawn(async move {
@@ -915,4 +933,140 @@ nodes:
         !log.contains("already connected"),
         "a second connection with the same client id took over:\n{log}"
     );
+}
+
+/// A QoS 1 pipe (mqtt-in -> mqtt-out on one shared connection) while the
+/// broker restarts: every message the broker accepted on the input topic
+/// comes out on the output topic at least once. Exercises holding outgoing
+/// messages until PUBACK and resending them after the reconnect.
+#[tokio::test]
+async fn qos1_pipe_survives_a_broker_restart() {
+    let mut broker = Mosquitto::start(BrokerOpts {
+        persistence: true,
+        ..BrokerOpts::default()
+    });
+    let port = broker.port;
+    let mut outside = subscriber_with(
+        port,
+        "pipe/out",
+        rumqttc::QoS::AtLeastOnce,
+        "pipe-reader",
+        false,
+    );
+    let engine = engine();
+    let flow = r#"
+config:
+  - {id: broker, type: mqtt-broker, host: 127.0.0.1, port: "${PORT}", reconnect_min: 50ms, reconnect_max: 500ms, max_inflight: 8}
+nodes:
+  - {id: in, type: mqtt-in, broker: broker, topic: "pipe/in", qos: 1, wires: [[out]]}
+  - {id: out, type: mqtt-out, broker: broker, topic: pipe/out, qos: 1}
+"#;
+    deploy(&engine, "pipe", flow, &[("PORT", &port.to_string())]).await;
+    // Subscribed once a probe comes through the whole pipe.
+    let deadline = tokio::time::Instant::now() + GUARD;
+    loop {
+        assert!(tokio::time::Instant::now() < deadline, "pipe never came up");
+        tokio::task::spawn_blocking(move || mosquitto_pub(port, "pipe/in", b"{}", 1, false))
+            .await
+            .unwrap();
+        if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(300), outside.recv()).await
+        {
+            break;
+        }
+    }
+    let (accepted_tx, accepted_rx) = std::sync::mpsc::channel::<i64>();
+    let publisher = std::thread::spawn(move || {
+        for n in 0..200_i64 {
+            let payload = format!(r#"{{"n": {n}}}"#);
+            if mosquitto_pub(port, "pipe/in", payload.as_bytes(), 1, false) {
+                accepted_tx.send(n).unwrap();
+            }
+        }
+    });
+    let mut got = BTreeSet::new();
+    let take = |got: &mut BTreeSet<i64>, payload: &[u8]| {
+        if let Ok(value) = serde_json::from_slice::<serde_json::Value>(payload)
+            && let Some(n) = value["n"].as_i64()
+        {
+            got.insert(n);
+        }
+    };
+    while got.len() < 50 {
+        let (_, payload, _) = next_external(&mut outside).await;
+        take(&mut got, &payload);
+    }
+    broker.stop();
+    std::thread::sleep(Duration::from_millis(300));
+    broker.spawn();
+    tokio::task::spawn_blocking(move || publisher.join().unwrap())
+        .await
+        .unwrap();
+    let accepted: BTreeSet<i64> = accepted_rx.try_iter().collect();
+    assert!(
+        accepted.len() > 50,
+        "the publisher got too few messages through"
+    );
+    let deadline = tokio::time::Instant::now() + GUARD;
+    while !accepted.is_subset(&got) {
+        let missing: Vec<_> = accepted.difference(&got).take(10).collect();
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "accepted messages never came out: {missing:?}"
+        );
+        if let Ok(Some((_, payload, _))) =
+            tokio::time::timeout(Duration::from_millis(500), outside.recv()).await
+        {
+            take(&mut got, &payload);
+        }
+    }
+    engine.shutdown().await;
+}
+
+/// `flows/bench-pipe.yaml` runs against a broker given by the environment
+/// and republishes `d.location` of each device document.
+#[tokio::test]
+async fn bench_pipe_flow_extracts_the_location() {
+    let broker = Mosquitto::start(BrokerOpts::default());
+    let port = broker.port;
+    let mut outside = subscriber(port, "car-iotp/location", rumqttc::QoS::AtLeastOnce);
+    let engine = engine();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../flows/bench-pipe.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    for qos in ["0", "1"] {
+        let env: HashMap<String, String> = [
+            ("MQTT_PORT".to_string(), port.to_string()),
+            ("MQTT_QOS".to_string(), qos.to_string()),
+        ]
+        .into();
+        let flow = engine
+            .loader()
+            .load_with_env(&path, &text, &env)
+            .unwrap_or_else(|d| panic!("bench-pipe.yaml should load:\n{d}"));
+        engine.deploy(flow).await;
+        let document = r#"{"_id":"dev-0","_rev":"1-a","d":{"name":"My Device","location":{"longitude":-87.62,"latitude":41.87,"velocity":4,"type":"GPS","t":1,"s":2,"p":0,"r":9}}}"#;
+        let deadline = tokio::time::Instant::now() + GUARD;
+        let location = loop {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "nothing came out at qos {qos}"
+            );
+            tokio::task::spawn_blocking(move || {
+                mosquitto_pub(port, "car-iotp", document.as_bytes(), 1, false)
+            })
+            .await
+            .unwrap();
+            if let Ok(Some((_, payload, _))) =
+                tokio::time::timeout(Duration::from_millis(300), outside.recv()).await
+            {
+                break serde_json::from_slice::<serde_json::Value>(&payload).unwrap();
+            }
+        };
+        assert_eq!(location["latitude"], 41.87);
+        assert_eq!(location["r"], 9);
+        assert!(location.get("name").is_none());
+        while let Ok(Some(_)) =
+            tokio::time::timeout(Duration::from_millis(200), outside.recv()).await
+        {}
+    }
+    engine.shutdown().await;
 }
