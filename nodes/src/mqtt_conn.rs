@@ -623,6 +623,11 @@ fn mqtt_options(settings: &Settings) -> MqttOptions {
 }
 
 fn read_tls(files: &TlsFiles) -> Result<Transport, String> {
+    // rustls' ClientConfig::builder() (inside rumqttc) panics when more
+    // than one crypto provider is compiled in (other crates of the binary
+    // may enable ring next to aws-lc-rs) and none is installed. Installing
+    // fails harmlessly when one already is.
+    let _ = rumqttc::tokio_rustls::rustls::crypto::aws_lc_rs::default_provider().install_default();
     let ca = std::fs::read(&files.ca_file)
         .map_err(|e| format!("cannot read tls.ca_file {}: {e}", files.ca_file))?;
     let client_auth = match (&files.client_cert_file, &files.client_key_file) {

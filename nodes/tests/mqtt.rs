@@ -34,6 +34,79 @@ struct Mosquitto {
 struct BrokerOpts {
     persistence: bool,
     password: Option<(&'static str, &'static str)>,
+    /// TLS with a CA generated now (openssl), requiring client certificates.
+    tls: bool,
+}
+
+/// Generates a CA, a server certificate for 127.0.0.1 and a client
+/// certificate in `dir` (ca.crt, server.{crt,key}, client.{crt,key}).
+fn make_test_pki(dir: &Path) {
+    let run = |args: &[&str]| {
+        let status = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("openssl is installed");
+        assert!(status.success(), "openssl {args:?}");
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=runnel test CA",
+    ]);
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    for who in ["server", "client"] {
+        let key = format!("{who}.key");
+        let csr = format!("{who}.csr");
+        let crt = format!("{who}.crt");
+        let ext = format!("{who}.ext");
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+            "-subj",
+            &format!("/CN=runnel {who}"),
+        ]);
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &crt,
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+        ]);
+    }
 }
 
 fn free_port() -> u16 {
@@ -64,6 +137,13 @@ impl Mosquitto {
             ));
         } else {
             conf.push_str("persistence false\n");
+        }
+        if opts.tls {
+            make_test_pki(dir.path());
+            let d = dir.path().display();
+            conf.push_str(&format!(
+                "cafile {d}/ca.crt\ncertfile {d}/server.crt\nkeyfile {d}/server.key\nrequire_certificate true\n"
+            ));
         }
         match opts.password {
             Some((user, pass)) => {
@@ -1067,6 +1147,86 @@ async fn bench_pipe_flow_extracts_the_location() {
         while let Ok(Some(_)) =
             tokio::time::timeout(Duration::from_millis(200), outside.recv()).await
         {}
+    }
+    engine.shutdown().await;
+}
+
+/// TLS against a CA generated at test time, with a client certificate
+/// (Mosquitto requires one).
+#[tokio::test]
+async fn tls_with_a_test_ca_and_a_client_certificate() {
+    let broker = Mosquitto::start(BrokerOpts {
+        tls: true,
+        ..BrokerOpts::default()
+    });
+    let port = broker.port;
+    let pki = broker.dir.path().to_path_buf();
+    let mut seen = collect("tls");
+    let engine = engine();
+    let flow = r#"
+config:
+  - id: broker
+    type: mqtt-broker
+    host: 127.0.0.1
+    port: "${PORT}"
+    tls: {ca_file: "${PKI}/ca.crt", cert_file: "${PKI}/client.crt", key_file: "${PKI}/client.key"}
+nodes:
+  - {id: in, type: mqtt-in, broker: broker, topic: "secure/#", qos: 1, wires: [[seen]]}
+  - {id: seen, type: test-collect, channel: tls}
+"#;
+    let pki_text = pki.display().to_string();
+    deploy(
+        &engine,
+        "tls",
+        flow,
+        &[("PORT", &port.to_string()), ("PKI", &pki_text)],
+    )
+    .await;
+    let deadline = tokio::time::Instant::now() + GUARD;
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nothing over TLS; status {:?}\n{}",
+            engine.flow("tls").await.map(|f| f.nodes[0].status.clone()),
+            broker.log()
+        );
+        let pki = pki.clone();
+        let published = tokio::task::spawn_blocking(move || {
+            Command::new("mosquitto_pub")
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &port.to_string(),
+                    "-t",
+                    "secure/x",
+                    "-m",
+                    "sealed",
+                    "-q",
+                    "1",
+                ])
+                .arg("--cafile")
+                .arg(pki.join("ca.crt"))
+                .arg("--cert")
+                .arg(pki.join("client.crt"))
+                .arg("--key")
+                .arg(pki.join("client.key"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .await
+        .unwrap();
+        assert!(
+            published,
+            "mosquitto_pub over TLS failed:\n{}",
+            broker.log()
+        );
+        if let Ok(Some(msg)) = tokio::time::timeout(Duration::from_millis(300), seen.recv()).await {
+            assert_eq!(msg.payload().as_str(), Some("sealed"));
+            break;
+        }
     }
     engine.shutdown().await;
 }
