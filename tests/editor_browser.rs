@@ -141,5 +141,8 @@ async fn the_editor_runs_the_seed_flow_end_to_end() {
 
     let status = runnel.terminate();
     browser.close().await;
-    assert!(status.success(), "runnel exits cleanly on SIGTERM: {status}");
+    assert!(
+        status.success(),
+        "runnel exits cleanly on SIGTERM: {status}"
+    );
 }
