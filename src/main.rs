@@ -89,6 +89,16 @@ struct RunArgs {
     /// Directory for state that survives restarts.
     #[arg(long, env = "RUNNEL_DATA_DIR", default_value = "data")]
     data_dir: PathBuf,
+    /// Address of the editor, admin API and `http-in` routes.
+    #[arg(long, env = "RUNNEL_LISTEN", default_value = "127.0.0.1:1880")]
+    listen: std::net::SocketAddr,
+    /// Admin token; required when --listen is not a loopback address. Every
+    /// admin route then needs `Authorization: Bearer <token>`.
+    #[arg(long, env = "RUNNEL_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Messages whose hops the trace store keeps for the editor (0 disables it).
+    #[arg(long, default_value_t = 10_000)]
+    trace_capacity: usize,
 }
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
@@ -260,7 +270,16 @@ async fn run_flows_async(args: RunArgs) -> anyhow::Result<ExitCode> {
         data_dir: args.data_dir.clone(),
         ..EngineSettings::default()
     };
-    let shared = EngineShared::new(settings);
+    if !args.listen.ip().is_loopback() && args.admin_token.as_deref().is_none_or(str::is_empty) {
+        anyhow::bail!(
+            "--listen {} is not a loopback address: set an admin token with --admin-token or RUNNEL_ADMIN_TOKEN",
+            args.listen
+        );
+    }
+    let mut shared = EngineShared::new(settings);
+    if let Some(shared) = Arc::get_mut(&mut shared) {
+        shared.trace = Arc::new(runnel_engine::TraceStore::new(args.trace_capacity.max(1), 256));
+    }
     let engine = Engine::new(registry(), shared.clone());
     let loader = engine.loader();
     let mut flows = Vec::new();
@@ -280,16 +299,38 @@ async fn run_flows_async(args: RunArgs) -> anyhow::Result<ExitCode> {
             tracing::warn!(flow = %flow.id, "{warning}");
         }
     }
-    let tracer = args.trace.then(|| {
-        shared.trace.set_enabled(true);
-        tokio::spawn(print_trace(shared.trace.subscribe()))
-    });
+    shared.trace.set_enabled(args.trace || args.trace_capacity > 0);
+    let tracer = args.trace.then(|| tokio::spawn(print_trace(shared.trace.subscribe())));
+
+    // One HTTP server: the editor and admin API, with the flows' http-in
+    // routes as the fallback.
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let web = runnel_web::WebState::builder(engine.clone(), args.paths.clone())
+        .admin_token(args.admin_token.clone().filter(|t| !t.is_empty()))
+        .build();
+    let app = runnel_web::router(web.clone()).fallback(runnel_nodes::http_server::fallback_handler);
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(runnel_web::serve(listener, app, async move {
+        let _ = http_stopped.await;
+    }));
+
     for flow in flows {
         engine.deploy(flow).await;
     }
+    web.set_ready(true);
     signals.await;
     tracing::info!("shutting down: stopping sources, draining messages");
+    web.begin_shutdown();
     engine.shutdown().await;
+    let _ = stop_http.send(());
+    match tokio::time::timeout(std::time::Duration::from_secs(5), server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(error))) => tracing::warn!(%error, "web server stopped with an error"),
+        Ok(Err(error)) => tracing::warn!(%error, "web server task failed"),
+        Err(_) => tracing::warn!("web server did not stop in 5s"),
+    }
     if let Some(tracer) = tracer {
         tracer.abort();
     }
