@@ -1,9 +1,11 @@
 //! The `Broker` handle, the shared state, and message routing.
 //!
-//! Lock order (never hold two at once except as listed):
-//! `sessions` → `tree` (write, when a session is discarded); a session's
-//! queue lock is taken alone. Routing takes `tree` for reading only while
-//! collecting targets, then releases it before any delivery `.await`.
+//! Lock order (std locks, never held across `.await`): `tree` →
+//! `Session::subscriptions` (SUBSCRIBE and restoring a snapshot hold the
+//! tree's write lock while recording the filter in the session). Every
+//! other lock (`sessions`, `retained`, a session queue) is taken alone.
+//! Routing takes `tree` for reading only while collecting targets, then
+//! releases it before any delivery `.await`.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
