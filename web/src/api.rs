@@ -231,29 +231,47 @@ pub async fn put_flow(
     };
     let warnings = public_diagnostics(flow.warnings.clone());
     let rev = revision(&text);
-    let unchanged =
-        current_rev.as_deref() == Some(rev.as_str()) && state.engine().flow(&name).await.is_some();
-    if !unchanged {
+    let saved = current_rev.as_deref() != Some(rev.as_str());
+    if saved {
         let write_path = path.clone();
-        tokio::task::spawn_blocking(move || write_atomic(&write_path, &text))
+        let write_text = text.clone();
+        tokio::task::spawn_blocking(move || write_atomic(&write_path, &write_text))
             .await
             .map_err(ApiError::internal)?
             .map_err(|e| ApiError::internal(format!("writing {}: {e}", path.display())))?;
-        state.engine().deploy(flow).await;
-        tracing::info!(flow = %name, revision = %rev, "flow saved and deployed");
     }
+    // A text that means the same as the running flow (comments, blank lines,
+    // quoting, flow or block style) is saved without restarting anything.
+    let running = state.engine().flow_source(&name).await;
+    let same_as_running = running
+        .as_ref()
+        .is_some_and(|(_, running_text)| same_structure(running_text, &text));
+    if !same_as_running {
+        state.engine().deploy(flow).await;
+    }
+    tracing::info!(flow = %name, revision = %rev, saved, deployed = !same_as_running, "flow put");
     let mut response = (
         StatusCode::OK,
         Json(json!({
             "name": name,
             "revision": rev,
-            "deployed": !unchanged,
+            "saved": saved,
+            "deployed": !same_as_running,
             "warnings": warnings,
         })),
     )
         .into_response();
     revision_headers(&mut response, &rev);
     Ok(response)
+}
+
+/// Whether two flow texts have the same YAML structure (keys, values and
+/// order; positions, comments and styles ignored).
+fn same_structure(a: &str, b: &str) -> bool {
+    match (runnel_engine::yaml::parse(a), runnel_engine::yaml::parse(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
 }
 
 /// `POST /api/flows/{name}/validate`: the loader's verdict on a text,

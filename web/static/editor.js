@@ -123,7 +123,7 @@
         state.savedText = text;
         document.getElementById("revision").textContent = "revision " + state.revision;
         showDiagnostics([], body.warnings);
-        setStatus(body.deployed ? "deployed" : "no changes", "ok");
+        setStatus(body.deployed ? "deployed" : (body.saved ? "saved; nothing to redeploy" : "no changes"), "ok");
         refreshInfo();
       } else if (status === 400 && body && body.diagnostics) {
         showDiagnostics(body.diagnostics, []);
@@ -255,7 +255,13 @@
     body.nodes.forEach(updateNode);
   }
 
+  // The node's line in the text being edited (which may differ from the
+  // deployed one), else the line the engine knows.
   function selectNode(id) {
+    const escaped = id.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+    const pattern = new RegExp(`^\\s*(-\\s*)?\\{?\\s*id:\\s*["']?${escaped}["']?\\s*(,|}|$|#)`);
+    const index = textarea.value.split("\n").findIndex((line) => pattern.test(line));
+    if (index >= 0) return goToLine(index + 1);
     const info = state.nodes.get(id);
     if (info && info.line > 0) goToLine(info.line);
   }

@@ -179,11 +179,39 @@ async fn deploy_saves_the_text_atomically_and_runs_the_new_flow() {
         Method::PUT,
         "/api/flows/ticker",
         &[("if-match", answer["revision"].as_str().unwrap())],
-        new_text,
+        new_text.clone(),
     )
     .await;
     assert_eq!(again.status, StatusCode::OK);
     assert_eq!(again.json()["deployed"], false);
+    assert_eq!(again.json()["saved"], false);
+
+    // A comment-only edit is saved without restarting the flow: the
+    // counters keep counting from where they were.
+    let before = state.engine().flow("ticker").await.unwrap().nodes[1]
+        .counters
+        .received;
+    assert!(before > 0);
+    let commented = new_text.replace("# comments survive", "# comments survive, edited");
+    let comment = call(
+        &app,
+        Method::PUT,
+        "/api/flows/ticker",
+        &[("if-match", answer["revision"].as_str().unwrap())],
+        commented.clone(),
+    )
+    .await;
+    assert_eq!(comment.status, StatusCode::OK, "{}", comment.text());
+    assert_eq!(comment.json()["saved"], true);
+    assert_eq!(comment.json()["deployed"], false);
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("ticker.yaml")).unwrap(),
+        commented
+    );
+    let after = state.engine().flow("ticker").await.unwrap().nodes[1]
+        .counters
+        .received;
+    assert!(after >= before, "not restarted: {before} -> {after}");
     state.engine().shutdown().await;
 }
 

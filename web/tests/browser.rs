@@ -50,6 +50,16 @@ async fn the_editor_shows_edits_deploys_and_traces_a_flow() {
     .await;
     eprintln!("new payload reached the sidebar {latency:?} after the deploy answered");
 
+    // Clicking a node selects its line in the YAML.
+    let selected = browser
+        .run(
+            "document.querySelector('#graph g.node[data-node=\"pass\"]').dispatchEvent(new MouseEvent('click', {bubbles: true})); \
+             const t = document.getElementById('yaml'); \
+             return t.value.slice(t.selectionStart, t.selectionEnd);",
+        )
+        .await;
+    assert_eq!(selected, serde_json::json!("  - id: pass"));
+
     // Pause stops the list; clear empties it; the list stays bounded.
     browser
         .run("document.getElementById('pause-btn').click(); return true;")
