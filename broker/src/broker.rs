@@ -85,8 +85,13 @@ impl Shared {
     /// Stores the retained part of a publish and delivers it to every
     /// matching subscription. Returns once every QoS 1/2 delivery is queued.
     pub(crate) async fn publish(&self, message: Arc<Message>) {
-        if message.retain {
-            self.retained.set(&message);
+        if message.retain
+            && !self
+                .retained
+                .set(&message, self.config.max_retained_messages)
+        {
+            add(&self.metrics.retained_refused, 1);
+            tracing::warn!(topic = %message.topic, "retained message limit reached, not retained");
         }
         let mut targets: Vec<(SubscriberId, QoS, Target)> = Vec::new();
         self.tree_read().for_each_match(&message.topic, |sub| {
@@ -221,6 +226,15 @@ impl Broker {
                 shared
                     .tracker
                     .track_future(persist_loop(weak, token, dir, interval)),
+            );
+        }
+        if let Some(expiry) = shared.config.session_expiry {
+            let weak = Arc::downgrade(&shared);
+            let token = shared.shutdown.clone();
+            handle.spawn(
+                shared
+                    .tracker
+                    .track_future(expiry_loop(weak, token, expiry)),
             );
         }
         if let Some(interval) = shared.config.sys_interval {
@@ -436,6 +450,40 @@ impl Drop for LocalSubscription {
     fn drop(&mut self) {
         if let Some(shared) = self.shared.upgrade() {
             shared.tree_write().unsubscribe(&self.filter, self.id);
+        }
+    }
+}
+
+/// Discards persistent sessions offline for longer than `expiry`.
+async fn expiry_loop(shared: Weak<Shared>, token: CancellationToken, expiry: Duration) {
+    let period = (expiry / 4).clamp(Duration::from_millis(10), Duration::from_secs(60));
+    let mut ticker = tokio::time::interval(period);
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let expired: Vec<Arc<Session>> = shared
+            .sessions()
+            .values()
+            .filter(|s| s.expired(expiry))
+            .cloned()
+            .collect();
+        for session in expired {
+            // A client may be reconnecting right now: only discard a
+            // session no connection holds.
+            let Ok(_guard) = session.active.clone().try_lock_owned() else {
+                continue;
+            };
+            if !session.expired(expiry) {
+                continue;
+            }
+            tracing::info!(client_id = %session.client_id, "persistent session expired");
+            add(&shared.metrics.sessions_expired, 1);
+            shared.discard_session(&session);
         }
     }
 }

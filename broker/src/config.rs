@@ -29,6 +29,15 @@ pub struct BrokerConfig {
     pub max_queued_per_client: usize,
     /// QoS 1/2 messages sent to a client and not yet acknowledged.
     pub max_inflight: u16,
+    /// Subscriptions one client may hold; more get SUBACK 0x80.
+    pub max_subscriptions_per_client: usize,
+    /// Retained messages held; a new retained topic past the limit is not
+    /// retained (still delivered) and is counted in `retained_refused`.
+    pub max_retained_messages: usize,
+    /// An offline persistent session is discarded after this long.
+    /// `None`: kept until the client cleans it (Mosquitto's default too).
+    #[serde(deserialize_with = "human_duration_opt")]
+    pub session_expiry: Option<Duration>,
     /// Whether clients without a username may connect.
     pub allow_anonymous: bool,
     /// Username/password pairs. Empty: any credentials are accepted.
@@ -58,6 +67,9 @@ impl Default for BrokerConfig {
             connect_timeout: Duration::from_secs(10),
             max_queued_per_client: 1000,
             max_inflight: 64,
+            max_subscriptions_per_client: 1000,
+            max_retained_messages: 100_000,
+            session_expiry: None,
             allow_anonymous: true,
             users: Vec::new(),
             acl: Vec::new(),
@@ -79,6 +91,12 @@ impl std::fmt::Debug for BrokerConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("max_queued_per_client", &self.max_queued_per_client)
             .field("max_inflight", &self.max_inflight)
+            .field(
+                "max_subscriptions_per_client",
+                &self.max_subscriptions_per_client,
+            )
+            .field("max_retained_messages", &self.max_retained_messages)
+            .field("session_expiry", &self.session_expiry)
             .field("allow_anonymous", &self.allow_anonymous)
             .field("users", &self.users)
             .field("acl", &self.acl)

@@ -167,6 +167,7 @@ async fn serve<S>(
     }
     drop(out);
     session.queue.go_online();
+    session.set_connected(true);
     add(&shared.metrics.connections_current, 1);
     add(&shared.metrics.connections_total, 1);
     tracing::debug!(clean = clean_session, session_present, "client connected");
@@ -231,6 +232,7 @@ fn finish(shared: &Shared, session: &Arc<Session>, clean: bool, guard: OwnedMute
         shared.discard_session(session);
     } else {
         session.queue.go_offline();
+        session.set_connected(false);
     }
     drop(guard);
 }
@@ -510,6 +512,7 @@ impl Reader<'_> {
     }
 
     async fn on_subscribe(&mut self, subscribe: Subscribe) {
+        let max_subscriptions = self.shared.config.max_subscriptions_per_client;
         let mut codes = Vec::with_capacity(subscribe.filters.len());
         let mut for_retained = Vec::new();
         for (filter, requested) in subscribe.filters {
@@ -526,6 +529,14 @@ impl Reader<'_> {
                     ) =>
                 {
                     tracing::debug!(%filter, "subscription denied by acl");
+                    SubAckCode::Failure
+                }
+                Ok(_)
+                    if self
+                        .session
+                        .at_subscription_limit(&filter, max_subscriptions) =>
+                {
+                    tracing::info!(%filter, max_subscriptions, "subscription limit reached");
                     SubAckCode::Failure
                 }
                 Ok(parsed) => {

@@ -16,6 +16,8 @@ pub(crate) struct Metrics {
     pub(crate) dropped_qos0_overflow: AtomicU64,
     pub(crate) dropped_offline_overflow: AtomicU64,
     pub(crate) publish_denied: AtomicU64,
+    pub(crate) retained_refused: AtomicU64,
+    pub(crate) sessions_expired: AtomicU64,
     pub(crate) protocol_errors: AtomicU64,
 }
 
@@ -37,6 +39,8 @@ impl Metrics {
             dropped_qos0_overflow: get(&self.dropped_qos0_overflow),
             dropped_offline_overflow: get(&self.dropped_offline_overflow),
             publish_denied: get(&self.publish_denied),
+            retained_refused: get(&self.retained_refused),
+            sessions_expired: get(&self.sessions_expired),
             protocol_errors: get(&self.protocol_errors),
             retained_messages: retained,
             sessions,
@@ -68,6 +72,10 @@ pub struct MetricsSnapshot {
     pub dropped_offline_overflow: u64,
     /// PUBLISHes refused by the ACL (MQTT 3.1.1 cannot report it).
     pub publish_denied: u64,
+    /// Retained messages not stored because `max_retained_messages` were held.
+    pub retained_refused: u64,
+    /// Offline persistent sessions discarded by `session_expiry`.
+    pub sessions_expired: u64,
     /// Connections closed for a malformed packet or a protocol violation.
     pub protocol_errors: u64,
     pub retained_messages: u64,
@@ -80,7 +88,7 @@ pub struct MetricsSnapshot {
 impl MetricsSnapshot {
     /// `(name, value)` pairs: `$SYS/broker/<name>` topics and, with `_`
     /// for `/`, Prometheus metric names.
-    pub fn entries(&self) -> [(&'static str, u64); 14] {
+    pub fn entries(&self) -> [(&'static str, u64); 16] {
         [
             ("clients/connected", self.connections_current),
             ("clients/total", self.connections_total),
@@ -98,6 +106,8 @@ impl MetricsSnapshot {
                 self.dropped_offline_overflow,
             ),
             ("publish/denied", self.publish_denied),
+            ("retained messages/refused", self.retained_refused),
+            ("sessions/expired", self.sessions_expired),
             ("protocol/errors", self.protocol_errors),
             ("retained messages/count", self.retained_messages),
             ("sessions/count", self.sessions),

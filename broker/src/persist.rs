@@ -134,7 +134,7 @@ pub(crate) fn load(shared: &Shared, dir: &Path) -> Result<(), BrokerError> {
         })
     };
     for stored in snapshot.retained {
-        shared.retained.set(&message(stored));
+        shared.retained.set(&message(stored), usize::MAX);
     }
     for stored in snapshot.sessions {
         let client_id: Arc<str> = stored.client_id.into();

@@ -22,13 +22,17 @@ impl RetainedStore {
 
     /// Stores, replaces or (with an empty payload) clears the retained
     /// message of a topic. [MQTT-3.3.1-5] [MQTT-3.3.1-10] [MQTT-3.3.1-11]
-    pub(crate) fn set(&self, message: &Arc<Message>) {
+    /// Returns false when a new topic was refused because `max` are held.
+    pub(crate) fn set(&self, message: &Arc<Message>, max: usize) -> bool {
         let mut messages = self.lock();
         if message.payload.is_empty() {
             messages.remove(&message.topic);
-        } else {
+        } else if messages.len() < max || messages.contains_key(&message.topic) {
             messages.insert(message.topic.clone(), message.clone());
+        } else {
+            return false;
         }
+        true
     }
 
     /// Retained messages matching a filter. [MQTT-3.3.1-6]

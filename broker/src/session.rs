@@ -393,6 +393,8 @@ pub(crate) struct Session {
     pub(crate) active: Arc<tokio::sync::Mutex<()>>,
     /// Cancels the connection using the session (takeover, [MQTT-3.1.4-2]).
     pub(crate) kick: Mutex<CancellationToken>,
+    /// When the last connection ended; `None` while connected.
+    offline_since: Mutex<Option<std::time::Instant>>,
 }
 
 impl Session {
@@ -409,7 +411,29 @@ impl Session {
             subscriptions: Mutex::new(HashMap::new()),
             active: Arc::new(tokio::sync::Mutex::new(())),
             kick: Mutex::new(CancellationToken::new()),
+            offline_since: Mutex::new(Some(std::time::Instant::now())),
         }
+    }
+
+    /// True if adding `filter` would pass `max` subscriptions (replacing an
+    /// existing one never does).
+    pub(crate) fn at_subscription_limit(&self, filter: &str, max: usize) -> bool {
+        let subscriptions = self.subscriptions();
+        subscriptions.len() >= max && !subscriptions.contains_key(filter)
+    }
+
+    /// Records that a connection uses the session (`true`) or left it.
+    pub(crate) fn set_connected(&self, connected: bool) {
+        *self.offline_since.lock().unwrap_or_else(|p| p.into_inner()) =
+            (!connected).then(std::time::Instant::now);
+    }
+
+    /// True if the session has been offline for longer than `expiry`.
+    pub(crate) fn expired(&self, expiry: std::time::Duration) -> bool {
+        self.offline_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|since| since.elapsed() > expiry)
     }
 
     pub(crate) fn subscriptions(&self) -> MutexGuard<'_, HashMap<String, QoS>> {

@@ -528,3 +528,65 @@ async fn garbage_from_many_clients_never_stops_the_broker() {
     assert_eq!(healthy.next_publish().await.topic, "still/alive");
     assert!(broker.metrics().connections_total >= 100);
 }
+
+#[tokio::test]
+async fn limits_on_subscriptions_retained_and_offline_sessions() {
+    let (broker, addr) = start(BrokerConfig {
+        max_subscriptions_per_client: 2,
+        max_retained_messages: 1,
+        session_expiry: Some(Duration::from_millis(100)),
+        ..config()
+    })
+    .await;
+    let mut client = RawClient::connect(addr, "greedy").await;
+    client.subscribe("a", QoS::AtMostOnce).await;
+    client.subscribe("b", QoS::AtMostOnce).await;
+    // Re-subscribing to a held filter is a replacement, not a new one.
+    let again = client.subscribe("a", QoS::AtLeastOnce).await;
+    assert_eq!(
+        again,
+        Packet::SubAck(SubAck {
+            packet_id: 1,
+            codes: vec![SubAckCode::Granted(QoS::AtLeastOnce)]
+        })
+    );
+    let refused = client.subscribe("c", QoS::AtMostOnce).await;
+    assert_eq!(
+        refused,
+        Packet::SubAck(SubAck {
+            packet_id: 1,
+            codes: vec![SubAckCode::Failure]
+        })
+    );
+
+    client
+        .publish("r/1", b"kept", QoS::AtMostOnce, true, 0)
+        .await;
+    client
+        .publish("r/2", b"refused", QoS::AtMostOnce, true, 0)
+        .await;
+    client
+        .publish("r/1", b"replaced", QoS::AtMostOnce, true, 0)
+        .await;
+    client.sync().await;
+    let metrics = broker.metrics();
+    assert_eq!(
+        (metrics.retained_messages, metrics.retained_refused),
+        (1, 1)
+    );
+
+    let (mut persistent, _) = RawClient::connect_with(addr, connect_packet("away", false)).await;
+    persistent.send(&Packet::Disconnect).await;
+    assert!(persistent.closed_by_broker().await);
+    let mut expired = false;
+    for _ in 0..200 {
+        if broker.metrics().sessions_expired == 1 {
+            expired = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(expired, "offline session never expired");
+    let (_client, present) = RawClient::connect_with(addr, connect_packet("away", false)).await;
+    assert!(!present);
+}
