@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use crate::codec::ConnectReturnCode;
 use crate::config::{Access, AclRule, BrokerConfig};
-use crate::topic::{filter_covers, filter_matches};
+use crate::topic::{filter_covers, filter_matches, filters_overlap};
 
 /// Credentials and ACL rules, built once from the configuration.
 pub(crate) struct Auth {
@@ -61,7 +61,7 @@ impl Auth {
     }
 
     pub(crate) fn may_publish(&self, username: Option<&str>, client_id: &str, topic: &str) -> bool {
-        self.allowed(username, client_id, Access::Publish, |rule| {
+        self.allowed(username, client_id, Access::Publish, |rule, _| {
             filter_matches(rule, topic)
         })
     }
@@ -72,36 +72,55 @@ impl Auth {
         client_id: &str,
         filter: &str,
     ) -> bool {
-        self.allowed(username, client_id, Access::Subscribe, |rule| {
-            filter_covers(rule, filter)
+        // A deny rule refuses any filter that could receive a denied topic
+        // (overlap); an allow rule must contain the whole filter (cover).
+        self.allowed(username, client_id, Access::Subscribe, |rule, deny| {
+            if deny {
+                filters_overlap(rule, filter)
+            } else {
+                filter_covers(rule, filter)
+            }
         })
     }
 
+    /// Deny rules win; with no allow rules, whatever is not denied is allowed.
     fn allowed(
         &self,
         username: Option<&str>,
         client_id: &str,
         access: Access,
-        check: impl Fn(&str) -> bool,
+        check: impl Fn(&str, bool) -> bool,
     ) -> bool {
         if self.acl.is_empty() {
             return true;
         }
-        self.acl.iter().any(|rule| {
-            if rule.access != access && rule.access != Access::Both {
-                return false;
-            }
-            if let Some(rule_user) = &rule.username
-                && Some(rule_user.as_str()) != username
-            {
-                return false;
-            }
-            let pattern = rule
-                .topic
+        let applies = |rule: &&AclRule| {
+            (rule.access == access || rule.access == Access::Both)
+                && rule.username.as_deref().is_none_or(|u| Some(u) == username)
+        };
+        let pattern = |rule: &AclRule| {
+            rule.topic
                 .replace("%u", username.unwrap_or("\u{0}"))
-                .replace("%c", client_id);
-            check(&pattern)
-        })
+                .replace("%c", client_id)
+        };
+        if self
+            .acl
+            .iter()
+            .filter(applies)
+            .any(|rule| rule.deny && check(&pattern(rule), true))
+        {
+            return false;
+        }
+        let mut allows = self
+            .acl
+            .iter()
+            .filter(applies)
+            .filter(|rule| !rule.deny)
+            .peekable();
+        if allows.peek().is_none() {
+            return true;
+        }
+        allows.any(|rule| check(&pattern(rule), false))
     }
 }
 
@@ -130,11 +149,13 @@ mod tests {
                     username: Some("alice".into()),
                     topic: "cars/%u/#".into(),
                     access: Access::Both,
+                    deny: false,
                 },
                 AclRule {
                     username: None,
                     topic: "public/+".into(),
                     access: Access::Subscribe,
+                    deny: false,
                 },
             ],
             ..BrokerConfig::default()
@@ -157,6 +178,24 @@ mod tests {
             auth.authenticate(None, None),
             ConnectReturnCode::NotAuthorized
         );
+    }
+
+    #[test]
+    fn deny_rules_win_and_work_without_allow_rules() {
+        let config = BrokerConfig {
+            acl: vec![AclRule {
+                username: None,
+                topic: "nosubscribe".into(),
+                access: Access::Subscribe,
+                deny: true,
+            }],
+            ..BrokerConfig::default()
+        };
+        let auth = Auth::new(&config);
+        assert!(!auth.may_subscribe(None, "c", "nosubscribe"));
+        assert!(!auth.may_subscribe(None, "c", "#"));
+        assert!(auth.may_subscribe(None, "c", "other/+"));
+        assert!(auth.may_publish(None, "c", "nosubscribe"));
     }
 
     #[test]

@@ -149,9 +149,10 @@ pub enum Access {
     Both,
 }
 
-/// Allows `access` on topics matched by `topic` (a filter; `%u` is replaced
-/// by the username and `%c` by the client id) to `username`, or to every
-/// client when `username` is `None`.
+/// Allows (or with `deny: true`, forbids) `access` on topics matched by
+/// `topic` (a filter; `%u` is replaced by the username and `%c` by the
+/// client id) to `username`, or to every client when `username` is `None`.
+/// Deny rules win; with no allow rules, everything not denied is allowed.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AclRule {
@@ -159,6 +160,8 @@ pub struct AclRule {
     pub username: Option<String>,
     pub topic: String,
     pub access: Access,
+    #[serde(default)]
+    pub deny: bool,
 }
 
 /// A configuration value that cannot work.

@@ -133,6 +133,26 @@ pub fn filter_covers(rule: &str, requested: &str) -> bool {
     }
 }
 
+/// Whether some topic is matched by both filters (both validated).
+/// [MQTT-4.7.2-1] a leading wildcard never reaches a `$` topic.
+pub fn filters_overlap(a: &str, b: &str) -> bool {
+    let leading_wildcard = |f: &str| f.starts_with(['+', '#']);
+    if (a.starts_with('$') && leading_wildcard(b)) || (b.starts_with('$') && leading_wildcard(a)) {
+        return false;
+    }
+    let mut a_levels = a.split('/');
+    let mut b_levels = b.split('/');
+    loop {
+        match (a_levels.next(), b_levels.next()) {
+            (Some("#"), _) | (_, Some("#")) => return true,
+            (Some("+"), Some(_)) | (Some(_), Some("+")) => {}
+            (Some(x), Some(y)) if x == y => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
 /// Identifies a subscriber (a client session or an in-process subscription).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SubscriberId(pub u64);
@@ -420,6 +440,21 @@ mod tests {
         }
         assert!(validate_topic_name("a/+").is_err());
         assert!(validate_topic_name("").is_err());
+    }
+
+    #[test]
+    fn overlap_is_symmetric_and_respects_dollar() {
+        for (a, b, expected) in [
+            ("a/+", "+/b", true),
+            ("a/#", "a", true),
+            ("a/b", "a/c", false),
+            ("#", "nosubscribe", true),
+            ("#", "$SYS/x", false),
+            ("$SYS/#", "$SYS/+", true),
+        ] {
+            assert_eq!(filters_overlap(a, b), expected, "{a} {b}");
+            assert_eq!(filters_overlap(b, a), expected, "{b} {a}");
+        }
     }
 
     #[test]

@@ -426,11 +426,13 @@ fn secured() -> BrokerConfig {
                 username: Some("alice".into()),
                 topic: "cars/%u/#".into(),
                 access: Access::Both,
+                deny: false,
             },
             AclRule {
                 username: None,
                 topic: "public/#".into(),
                 access: Access::Subscribe,
+                deny: false,
             },
         ],
         ..config()
