@@ -2,13 +2,30 @@
 //! bus. The editor, `/metrics` and `runnel run` read these; nodes write them.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
 
 use serde::Serialize;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 
 use crate::ids::{FlowId, MsgId, NodeId};
+use crate::msg::Msg;
+
+/// Upper bounds, in seconds, of the buckets of [`NodeMonitor::busy_histogram`]
+/// (a last, unbounded bucket follows).
+pub const BUSY_BUCKETS_SECONDS: [f64; 11] = [
+    0.000_001, 0.000_005, 0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1,
+];
+
+/// A snapshot of the time a node spent per message.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct BusyHistogram {
+    /// Per bucket of [`BUSY_BUCKETS_SECONDS`] plus the unbounded one: how
+    /// many messages took at most that long (not cumulative).
+    pub counts: Vec<u64>,
+    /// Total time, in nanoseconds.
+    pub sum_nanos: u64,
+}
 
 /// A node's status, as Node-RED shows under a node: a coloured dot or ring and
 /// a short text ("connected", "3 errors").
@@ -64,6 +81,8 @@ pub struct NodeMonitor {
     errors: AtomicU64,
     dropped: AtomicU64,
     busy_nanos: AtomicU64,
+    busy_buckets: [AtomicU64; BUSY_BUCKETS_SECONDS.len() + 1],
+    queue: OnceLock<mpsc::WeakSender<Msg>>,
     status: Mutex<NodeStatus>,
     status_bus: broadcast::Sender<StatusEvent>,
 }
@@ -110,6 +129,8 @@ impl NodeMonitor {
             errors: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             busy_nanos: AtomicU64::new(0),
+            busy_buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            queue: OnceLock::new(),
             status: Mutex::new(NodeStatus::default()),
             status_bus,
         })
@@ -176,6 +197,38 @@ impl NodeMonitor {
 
     pub(crate) fn add_busy(&self, nanos: u64) {
         self.busy_nanos.fetch_add(nanos, Ordering::Relaxed);
+        let seconds = nanos as f64 / 1e9;
+        let bucket = BUSY_BUCKETS_SECONDS
+            .iter()
+            .position(|&bound| seconds <= bound)
+            .unwrap_or(BUSY_BUCKETS_SECONDS.len());
+        self.busy_buckets[bucket].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The time spent per message so far (sync nodes), by bucket.
+    pub fn busy_histogram(&self) -> BusyHistogram {
+        BusyHistogram {
+            counts: self
+                .busy_buckets
+                .iter()
+                .map(|b| b.load(Ordering::Relaxed))
+                .collect(),
+            sum_nanos: self.busy_nanos.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Remembers the node's input queue, to report its depth. Keeps only a
+    /// weak handle, so the queue still closes when the flow stops.
+    pub(crate) fn attach_queue(&self, tx: &mpsc::Sender<Msg>) {
+        let _ = self.queue.set(tx.downgrade());
+    }
+
+    /// Messages waiting in the node's input queue now; `None` for a node
+    /// without a queue of its own (sources, nodes fused into their
+    /// upstream's task) or a stopped flow.
+    pub fn queue_depth(&self) -> Option<usize> {
+        let tx = self.queue.get()?.upgrade()?;
+        Some(tx.max_capacity() - tx.capacity())
     }
 
     /// The counters now.
@@ -247,5 +300,39 @@ impl DebugBus {
 impl Default for DebugBus {
     fn default() -> Self {
         DebugBus::new(1024)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn busy_time_is_bucketed_and_queue_depth_read_through_a_weak_handle() {
+        let monitor = NodeMonitor::detached("n", "t");
+        monitor.add_busy(500); // 0.5 µs: first bucket
+        monitor.add_busy(2_000_000); // 2 ms: the 5 ms bucket
+        monitor.add_busy(1_000_000_000); // 1 s: the unbounded bucket
+        let histogram = monitor.busy_histogram();
+        assert_eq!(histogram.counts.len(), BUSY_BUCKETS_SECONDS.len() + 1);
+        assert_eq!(histogram.counts[0], 1);
+        assert_eq!(histogram.counts[7], 1);
+        assert_eq!(histogram.counts[BUSY_BUCKETS_SECONDS.len()], 1);
+        assert_eq!(histogram.sum_nanos, 1_002_000_500);
+
+        assert_eq!(monitor.queue_depth(), None);
+        let (tx, rx) = mpsc::channel(4);
+        monitor.attach_queue(&tx);
+        assert_eq!(monitor.queue_depth(), Some(0));
+        tx.try_send(Msg::new(crate::Value::Null)).unwrap();
+        assert_eq!(monitor.queue_depth(), Some(1));
+        drop(tx);
+        drop(rx);
+        assert_eq!(
+            monitor.queue_depth(),
+            None,
+            "the handle does not keep the queue open"
+        );
     }
 }

@@ -217,6 +217,17 @@ impl Engine {
             .map(|(k, flow)| flow.info(k))
     }
 
+    /// The monitors (counters, status, queue depth, busy-time histogram) of
+    /// a running flow's nodes, in file order.
+    pub async fn monitors(&self, id: &str) -> Vec<Arc<NodeMonitor>> {
+        let flows = self.flows.lock().await;
+        flows
+            .iter()
+            .find(|(k, _)| k.as_str() == id)
+            .map(|(_, flow)| flow.nodes.iter().map(|n| n.monitor.clone()).collect())
+            .unwrap_or_default()
+    }
+
     /// A running flow's file and source text.
     pub async fn flow_source(&self, id: &str) -> Option<(PathBuf, Arc<str>)> {
         let flows = self.flows.lock().await;
@@ -346,6 +357,7 @@ fn spawn_flow(shared: &Arc<EngineShared>, mut flow: Flow) -> RunningFlow {
     for (i, node) in flow.nodes.iter().enumerate() {
         if !fused[i] && (node.has_input || node.catch.is_some()) {
             let (tx, rx) = mpsc::channel(capacity);
+            node.monitor.attach_queue(&tx);
             queues.push(Some(tx));
             inputs.push(Some(rx));
         } else {

@@ -9,15 +9,61 @@ use axum::http::HeaderValue;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use runnel_engine::monitor::BUSY_BUCKETS_SECONDS;
+
 use crate::WebState;
 use crate::error::ApiError;
 
 type Labels = Vec<(String, String)>;
+
+/// Per-node processing-time histograms, built from the engine's bucket
+/// counts (prometheus-client's own histogram can only be observed into).
+#[derive(Debug, Default)]
+struct BusyHistograms(Vec<(Labels, runnel_engine::monitor::BusyHistogram)>);
+
+impl EncodeMetric for BusyHistograms {
+    fn encode(&self, mut encoder: MetricEncoder<'_>) -> Result<(), std::fmt::Error> {
+        for (labels, histogram) in &self.0 {
+            // The text encoder sums the buckets up itself: pass raw counts.
+            let buckets: Vec<(f64, u64)> = histogram
+                .counts
+                .iter()
+                .enumerate()
+                .map(|(i, &count)| {
+                    let bound = BUSY_BUCKETS_SECONDS
+                        .get(i)
+                        .copied()
+                        .unwrap_or(f64::INFINITY);
+                    (bound, count)
+                })
+                .collect();
+            encoder
+                .encode_family(labels)?
+                .encode_histogram::<NoLabelSet>(
+                    std::time::Duration::from_nanos(histogram.sum_nanos).as_secs_f64(),
+                    histogram.counts.iter().sum(),
+                    &buckets,
+                    None,
+                )?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
 
 /// The exposition as text.
 pub async fn render(state: &WebState) -> Result<String, std::fmt::Error> {
@@ -32,6 +78,8 @@ pub async fn render(state: &WebState) -> Result<String, std::fmt::Error> {
     let connected = Family::<Labels, Gauge>::default();
     let in_flight = Family::<Labels, Gauge>::default();
     let node_count = Family::<Labels, Gauge>::default();
+    let queue_depth = Family::<Labels, Gauge>::default();
+    let mut processing = BusyHistograms::default();
 
     for flow in &flows {
         let flow_labels = vec![("flow".to_string(), flow.id.to_string())];
@@ -41,7 +89,8 @@ pub async fn render(state: &WebState) -> Result<String, std::fmt::Error> {
         node_count
             .get_or_create(&flow_labels)
             .set(i64::try_from(flow.nodes.len()).unwrap_or(i64::MAX));
-        for node in &flow.nodes {
+        let monitors = state.engine().monitors(flow.id.as_str()).await;
+        for (i, node) in flow.nodes.iter().enumerate() {
             let labels = vec![
                 ("flow".to_string(), flow.id.to_string()),
                 ("node".to_string(), node.id.clone()),
@@ -54,6 +103,17 @@ pub async fn render(state: &WebState) -> Result<String, std::fmt::Error> {
             dropped.get_or_create(&labels).inc_by(c.dropped);
             busy.get_or_create(&labels)
                 .inc_by(std::time::Duration::from_nanos(c.busy_nanos).as_secs_f64());
+            if let Some(monitor) = monitors.get(i).filter(|m| m.node().as_str() == node.id) {
+                if let Some(depth) = monitor.queue_depth() {
+                    queue_depth
+                        .get_or_create(&labels)
+                        .set(i64::try_from(depth).unwrap_or(i64::MAX));
+                }
+                let histogram = monitor.busy_histogram();
+                if histogram.counts.iter().any(|&c| c > 0) {
+                    processing.0.push((labels.clone(), histogram));
+                }
+            }
             match node.status.fill {
                 Some("green") => {
                     connected.get_or_create(&labels).set(1);
@@ -94,6 +154,16 @@ pub async fn render(state: &WebState) -> Result<String, std::fmt::Error> {
         in_flight,
     );
     registry.register("flow_nodes", "Nodes in a running flow", node_count);
+    registry.register(
+        "node_queue_depth",
+        "Messages waiting in a node's input queue (nodes with a queue of their own)",
+        queue_depth,
+    );
+    registry.register(
+        "node_processing_seconds",
+        "Time a sync node spent per message",
+        processing,
+    );
     let trace_len = Gauge::<i64>::default();
     trace_len.set(i64::try_from(state.engine().shared().trace.len()).unwrap_or(i64::MAX));
     registry.register(

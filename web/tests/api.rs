@@ -443,7 +443,16 @@ async fn flow_info_has_counters_and_a_layered_layout() {
 
 #[tokio::test]
 async fn metrics_are_prometheus_text_per_node_and_flow() {
-    let (_dir, state, app) = setup("1").await;
+    // `pass` has two inputs here, so it runs as its own task with a queue.
+    let fan_in = "nodes:\n\
+      - {id: a, type: test-tick, payload: 1, wires: [[pass]]}\n\
+      - {id: b, type: test-tick, payload: 2, wires: [[pass]]}\n\
+      - {id: pass, type: test-pass, wires: [[show]]}\n\
+      - {id: show, type: test-debug}\n";
+    let dir = flows_dir(&[("ticker", &tick_flow("1", 10)), ("fanin", fan_in)]);
+    let engine = engine_with_flows(dir.path()).await;
+    let state = WebState::new(engine, dir.path());
+    let app = runnel_web::router(state.clone());
     debug_payload(&state, &Json::from(1)).await;
     let metrics = get(&app, "/metrics").await;
     assert_eq!(metrics.status, StatusCode::OK);
@@ -456,10 +465,26 @@ async fn metrics_are_prometheus_text_per_node_and_flow() {
         "runnel_node_busy_seconds_total{",
         "runnel_node_connected{flow=\"ticker\",node=\"tick\",type=\"test-tick\"} 1",
         "runnel_flow_in_flight{flow=\"ticker\"}",
+        "# TYPE runnel_node_processing_seconds histogram",
+        "runnel_node_processing_seconds_count{flow=\"ticker\",node=\"pass\",type=\"test-pass\"}",
+        "runnel_node_queue_depth{flow=\"fanin\",node=\"pass\",type=\"test-pass\"}",
         "# EOF",
     ] {
         assert!(text.contains(needle), "missing {needle} in:\n{text}");
     }
+    // The +Inf bucket holds every message: the count.
+    let value = |prefix: &str| -> u64 {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix} in:\n{text}"))
+    };
+    let count = value("runnel_node_processing_seconds_count{flow=\"ticker\",node=\"pass\"");
+    let all =
+        value("runnel_node_processing_seconds_bucket{le=\"+Inf\",flow=\"ticker\",node=\"pass\"");
+    assert!(count >= 1);
+    assert_eq!(all, count);
     state.engine().shutdown().await;
 }
 
