@@ -39,10 +39,14 @@ async fn store_all(store: &Arc<EmbeddedBackend>, docs: Vec<Value>) {
     futures::stream::iter(docs)
         .map(|doc| {
             let store = Arc::clone(store);
-            async move { store.store(doc).await.unwrap() }
+            // Each caller is its own task, so callers run on every runtime worker (one
+            // `buffer_unordered` of plain futures would poll all of them on one thread).
+            tokio::spawn(async move { store.store(doc).await })
         })
         .buffer_unordered(CONCURRENCY)
-        .for_each(|_| async {})
+        .for_each(|stored| async move {
+            stored.unwrap().unwrap();
+        })
         .await;
 }
 

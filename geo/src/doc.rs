@@ -78,17 +78,22 @@ pub(crate) fn rev_generation(rev: &str) -> Option<u64> {
 /// `N-<32 hex>`: the generation is one more than the previous one, and the hash covers
 /// the previous revision and the body, so equal bodies on different histories differ.
 pub(crate) fn next_rev(previous: Option<&str>, body: &[u8]) -> String {
+    use std::fmt::Write as _;
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let generation = previous.and_then(rev_generation).unwrap_or(0) + 1;
     let mut hasher = Sha256::new();
     hasher.update(previous.unwrap_or("").as_bytes());
     hasher.update([0]);
     hasher.update(body);
     let digest = hasher.finalize();
-    let hex: String = digest[..16]
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect();
-    format!("{generation}-{hex}")
+    // Runs once per write on the writer thread: no per-byte formatting.
+    let mut rev = String::with_capacity(21 + 32);
+    let _ = write!(rev, "{generation}-");
+    for byte in &digest[..16] {
+        rev.push(char::from(HEX[usize::from(byte >> 4)]));
+        rev.push(char::from(HEX[usize::from(byte & 0x0f)]));
+    }
+    rev
 }
 
 /// Makes sure `doc` is an object, returning it mutably.
@@ -136,6 +141,13 @@ mod tests {
         let second = next_rev(Some(&first), body);
         assert!(second.starts_with("2-"));
         assert_ne!(first[2..], second[2..]);
+        assert!(
+            first[2..]
+                .bytes()
+                .all(|byte| byte.is_ascii_hexdigit() && !byte.is_ascii_uppercase())
+        );
+        // The format is stable: existing revisions keep their meaning.
+        assert_eq!(next_rev(None, b"{}"), "1-28a3a18f6cd6406b086e9ffda1f9b8a1");
         assert_eq!(rev_generation("12-abc"), Some(12));
     }
 }

@@ -26,6 +26,6 @@ pub mod query;
 pub use backend::{GeoBackend, GeoOptions, StoredDoc};
 pub use couch::{CouchBackend, CouchOptions, GEO_FIELD, MAX_CANDIDATES};
 pub use doc::{ID_FIELD, REV_FIELD};
-pub use embedded::{DATABASE_FILE, EmbeddedBackend};
+pub use embedded::{DATABASE_FILE, EmbeddedBackend, WriterStats};
 pub use error::{GeoError, GeoResult};
 pub use query::{Filter, Query, QueryParams, Relation};

@@ -292,3 +292,49 @@ async fn concurrent_stores_are_all_durable() {
     let reopened = EmbeddedBackend::open(dir.path(), options).await.unwrap();
     assert_eq!(reopened.len(), 16 * 200 + 10);
 }
+
+/// With the writer/publisher pipeline, a store must still answer only once its batch is
+/// committed *and* in the index: each caller queries for its own point right away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stores_are_visible_to_queries_and_gets_when_they_return() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = GeoOptions {
+        max_batch: 16,
+        ..device_options()
+    };
+    let store = Arc::new(EmbeddedBackend::open(dir.path(), options).await.unwrap());
+    let mut tasks = Vec::new();
+    for task in 0..32_u32 {
+        let store = Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            for n in 0..20_u32 {
+                let id = format!("v{task}-{n}");
+                let (lon, lat) = (f64::from(task) - 16.0, f64::from(n) - 10.0);
+                let stored = store.store(device(&id, lon, lat)).await.unwrap();
+                let near = params(&[
+                    ("lat", &lat.to_string()),
+                    ("lon", &lon.to_string()),
+                    ("radius", "10"),
+                ]);
+                let found = store.query(&near).await.unwrap();
+                assert_eq!(ids(&found), vec![id.as_str()]);
+                assert_eq!(found[0]["_rev"], json!(stored.rev));
+                let fetched = store.get(&id).await.unwrap().unwrap();
+                assert_eq!(fetched["_rev"], json!(stored.rev));
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let stats = store.writer_stats();
+    assert_eq!(stats.writes, 32 * 20);
+    assert!(stats.batches >= (32 * 20) / 16, "{stats:?}");
+    assert!(stats.largest_batch <= 16, "{stats:?}");
+    assert!(stats.mean_batch() >= 1.0);
+    store.close().await.unwrap();
+    assert!(matches!(
+        store.store(device("late", 0.0, 0.0)).await,
+        Err(GeoError::Closed)
+    ));
+}

@@ -22,12 +22,14 @@ pub(crate) const META_GEOMETRY_PATH: &str = "geometry_path";
 const POINT_TAG: u8 = 0;
 const JSON_TAG: u8 = 1;
 
-pub(crate) fn encode_doc(rev: &str, body: &[u8]) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(rev.len() + 1 + body.len());
-    bytes.extend_from_slice(rev.as_bytes());
-    bytes.push(b'\n');
-    bytes.extend_from_slice(body);
-    bytes
+/// Writes the record of a document into `out` (cleared first, so one buffer serves a
+/// whole batch).
+pub(crate) fn encode_doc(out: &mut Vec<u8>, rev: &str, body: &[u8]) {
+    out.clear();
+    out.reserve(rev.len() + 1 + body.len());
+    out.extend_from_slice(rev.as_bytes());
+    out.push(b'\n');
+    out.extend_from_slice(body);
 }
 
 /// The revision stored in front of a document.
@@ -144,7 +146,8 @@ mod tests {
 
     #[test]
     fn documents_round_trip_with_their_rev() {
-        let bytes = encode_doc("3-abc", br#"{"_id":"x","a":1}"#);
+        let mut bytes = b"left over".to_vec();
+        encode_doc(&mut bytes, "3-abc", br#"{"_id":"x","a":1}"#);
         assert_eq!(stored_rev(&bytes), Some("3-abc"));
         assert_eq!(
             decode_doc(&bytes).unwrap(),

@@ -1,16 +1,18 @@
 //! The default backend: documents in a redb file, an R-tree of envelopes in memory.
 //!
 //! - **Durability.** Every write goes through one writer thread that drains the queue of
-//!   pending writes and commits them in a single redb transaction (group commit). A
-//!   `store` returns once the transaction holding it is durable on disk.
+//!   pending writes and commits them in a single redb transaction (group commit,
+//!   `Durability::Immediate`). A `store` returns once the transaction holding it is
+//!   durable on disk. See [`writer`] for the pipeline.
 //! - **Index.** At open the R-tree is bulk-loaded from the compact `geometry` table; after
-//!   each commit the writer applies the batch to it before answering, so a caller reads
-//!   its own writes.
+//!   each commit a publisher thread applies the batch to it before answering, so a caller
+//!   reads its own writes.
 //! - **Queries** run on the blocking pool: R-tree candidates, exact test in memory with
 //!   `geo`, then only the page of documents returned is read from disk.
 
 mod codec;
 mod index;
+mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -18,21 +20,21 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use async_trait::async_trait;
-use geo::Geometry;
 use redb::{Database, ReadableDatabase, ReadableTable};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::backend::{GeoBackend, GeoOptions, StoredDoc, prepare};
-use crate::doc::next_rev;
 use crate::error::{GeoError, GeoResult};
 use crate::geometry::extract_geometry;
 use crate::query::{MAX_RADIUS_METRES, Query};
 use codec::{
-    DOCS, GEOMETRY, META, META_GEOMETRY_PATH, decode_doc, decode_geometry, encode_doc,
-    encode_geometry, stored_rev,
+    DOCS, GEOMETRY, META, META_GEOMETRY_PATH, decode_doc, decode_geometry, encode_geometry,
 };
 use index::{IndexEntry, SpatialIndex};
+use writer::{Counters, WriteOp, WriteOutcome, WriteRequest};
+
+pub use writer::WriterStats;
 
 /// File name of the store inside the data directory.
 pub const DATABASE_FILE: &str = "geo.redb";
@@ -51,36 +53,14 @@ struct Shared {
     index: RwLock<SpatialIndex>,
     options: GeoOptions,
     path: PathBuf,
+    counters: Counters,
 }
 
 #[derive(Debug)]
 struct Writer {
     requests: mpsc::Sender<WriteRequest>,
-    thread: JoinHandle<()>,
-}
-
-#[derive(Debug)]
-enum WriteOp {
-    Put {
-        id: Arc<str>,
-        body: Vec<u8>,
-        geometry: Geometry<f64>,
-    },
-    Delete {
-        id: String,
-    },
-}
-
-#[derive(Debug)]
-enum WriteOutcome {
-    Stored(StoredDoc),
-    Deleted(bool),
-}
-
-#[derive(Debug)]
-struct WriteRequest {
-    op: WriteOp,
-    reply: oneshot::Sender<GeoResult<WriteOutcome>>,
+    /// The writer and publisher threads.
+    threads: Vec<JoinHandle<()>>,
 }
 
 impl EmbeddedBackend {
@@ -104,16 +84,10 @@ impl EmbeddedBackend {
         let shared = Arc::new(shared);
         let queue_depth = shared.options.max_batch.saturating_mul(4);
         let (requests, receiver) = mpsc::channel(queue_depth);
-        let writer_shared = Arc::clone(&shared);
-        let thread = std::thread::Builder::new()
-            .name("runnel-geo-writer".to_owned())
-            .spawn(move || run_writer(&writer_shared, receiver))
-            .map_err(|error| GeoError::Storage {
-                reason: format!("cannot start the writer thread: {error}"),
-            })?;
+        let threads = writer::spawn(&shared, receiver)?;
         Ok(Self {
             shared,
-            writer: Mutex::new(Some(Writer { requests, thread })),
+            writer: Mutex::new(Some(Writer { requests, threads })),
         })
     }
 
@@ -129,6 +103,11 @@ impl EmbeddedBackend {
     /// Whether the store holds no documents.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Counters of the writer thread (batches, batch sizes, where commit time goes).
+    pub fn writer_stats(&self) -> WriterStats {
+        self.shared.counters.snapshot()
     }
 
     /// The database file.
@@ -156,13 +135,17 @@ impl EmbeddedBackend {
 #[async_trait]
 impl GeoBackend for EmbeddedBackend {
     async fn store(&self, doc: Value) -> GeoResult<StoredDoc> {
+        // Everything that does not need the previous revision is done here, by the
+        // caller, so the single writer thread only does what must be serial.
         let prepared = prepare(doc, &self.shared.options)?;
         let body = serde_json::to_vec(&prepared.body)
             .map_err(|error| GeoError::document(error.to_string()))?;
+        let id: Arc<str> = Arc::from(prepared.id);
         let op = WriteOp::Put {
-            id: Arc::from(prepared.id),
+            geometry: encode_geometry(&prepared.geometry),
+            entry: IndexEntry::new(Arc::clone(&id), prepared.geometry),
+            id,
             body,
-            geometry: prepared.geometry,
         };
         match self.submit(op).await? {
             WriteOutcome::Stored(stored) => Ok(stored),
@@ -212,15 +195,22 @@ impl GeoBackend for EmbeddedBackend {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        let Some(Writer { requests, thread }) = writer else {
+        let Some(Writer { requests, threads }) = writer else {
             return Ok(());
         };
-        // Dropping the sender lets the writer drain what is queued, then stop.
+        // Dropping the sender lets the writer drain what is queued, then stop; the
+        // publisher stops after answering the writer's last batch.
         drop(requests);
         blocking(move || {
-            thread.join().map_err(|_| GeoError::Storage {
-                reason: "the writer thread panicked".to_owned(),
-            })
+            let mut result = Ok(());
+            for thread in threads {
+                if thread.join().is_err() {
+                    result = Err(GeoError::Storage {
+                        reason: "a writer thread panicked".to_owned(),
+                    });
+                }
+            }
+            result
         })
         .await
     }
@@ -286,6 +276,7 @@ fn open_blocking(dir: &Path, options: GeoOptions) -> GeoResult<Shared> {
         index: RwLock::new(index),
         options,
         path,
+        counters: Counters::default(),
     })
 }
 
@@ -319,100 +310,6 @@ fn reextract_geometry(
         );
     }
     Ok(())
-}
-
-fn run_writer(shared: &Shared, mut receiver: mpsc::Receiver<WriteRequest>) {
-    let max_batch = shared.options.max_batch;
-    let mut batch = Vec::with_capacity(max_batch);
-    while let Some(first) = receiver.blocking_recv() {
-        batch.push(first);
-        while batch.len() < max_batch {
-            match receiver.try_recv() {
-                Ok(request) => batch.push(request),
-                Err(_) => break,
-            }
-        }
-        let started = Instant::now();
-        let size = batch.len();
-        match commit_batch(&shared.db, &batch) {
-            Ok(outcomes) => {
-                let mut index = shared.index.write().unwrap_or_else(PoisonError::into_inner);
-                for request in &batch {
-                    match &request.op {
-                        WriteOp::Put { id, geometry, .. } => {
-                            match IndexEntry::new(Arc::clone(id), geometry.clone()) {
-                                Some(entry) => index.upsert(entry),
-                                None => index.remove(id),
-                            }
-                        }
-                        WriteOp::Delete { id } => index.remove(id),
-                    }
-                }
-                drop(index);
-                for (request, outcome) in batch.drain(..).zip(outcomes) {
-                    // A caller that gave up waiting is not an error.
-                    let _ = request.reply.send(Ok(outcome));
-                }
-            }
-            Err(error) => {
-                tracing::error!(batch = size, %error, "geo store commit failed");
-                for request in batch.drain(..) {
-                    let _ = request.reply.send(Err(GeoError::Storage {
-                        reason: error.to_string(),
-                    }));
-                }
-            }
-        }
-        tracing::trace!(
-            batch = size,
-            elapsed_us = started.elapsed().as_micros() as u64,
-            "geo store batch committed"
-        );
-    }
-    tracing::debug!("geo store writer stopped");
-}
-
-fn commit_batch(db: &Database, batch: &[WriteRequest]) -> GeoResult<Vec<WriteOutcome>> {
-    let txn = db.begin_write().map_err(GeoError::storage)?;
-    let mut outcomes = Vec::with_capacity(batch.len());
-    {
-        let mut docs = txn.open_table(DOCS).map_err(GeoError::storage)?;
-        let mut geometry = txn.open_table(GEOMETRY).map_err(GeoError::storage)?;
-        for request in batch {
-            match &request.op {
-                WriteOp::Put {
-                    id,
-                    body,
-                    geometry: shape,
-                } => {
-                    let previous = docs
-                        .get(id.as_ref())
-                        .map_err(GeoError::storage)?
-                        .and_then(|guard| stored_rev(guard.value()).map(str::to_owned));
-                    let rev = next_rev(previous.as_deref(), body);
-                    docs.insert(id.as_ref(), encode_doc(&rev, body).as_slice())
-                        .map_err(GeoError::storage)?;
-                    geometry
-                        .insert(id.as_ref(), encode_geometry(shape).as_slice())
-                        .map_err(GeoError::storage)?;
-                    outcomes.push(WriteOutcome::Stored(StoredDoc {
-                        id: id.to_string(),
-                        rev,
-                    }));
-                }
-                WriteOp::Delete { id } => {
-                    let existed = docs
-                        .remove(id.as_str())
-                        .map_err(GeoError::storage)?
-                        .is_some();
-                    geometry.remove(id.as_str()).map_err(GeoError::storage)?;
-                    outcomes.push(WriteOutcome::Deleted(existed));
-                }
-            }
-        }
-    }
-    txn.commit().map_err(GeoError::storage)?;
-    Ok(outcomes)
 }
 
 /// Ids matching `query`; a k-nearest query runs as growing radius searches.
