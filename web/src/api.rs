@@ -142,12 +142,28 @@ pub async fn flow_info(
         return Err(not_found(&name));
     };
     let layout = crate::layout::layout(&info.nodes);
+    let monitors = state.engine().monitors(&name).await;
+    let nodes: Vec<Json_> = info
+        .nodes
+        .iter()
+        .map(|node| {
+            let mut value = serde_json::to_value(node).unwrap_or(Json_::Null);
+            let queued = monitors
+                .iter()
+                .find(|m| m.node().as_str() == node.id)
+                .and_then(|m| m.queue_depth());
+            if let (Some(object), Some(queued)) = (value.as_object_mut(), queued) {
+                object.insert("queued".into(), json!(queued));
+            }
+            value
+        })
+        .collect();
     Ok(Json(json!({
         "name": info.id,
         "running": true,
         "description": info.description,
         "in_flight": info.in_flight,
-        "nodes": info.nodes,
+        "nodes": nodes,
         "layout": layout,
     })))
 }

@@ -205,7 +205,7 @@
     const g = graph.querySelector(`g.node[data-node="${CSS.escape(info.id)}"]`);
     if (!g) return;
     const c = info.counters;
-    g.querySelector(".counters").textContent = `in ${fmtNumber(c.received)} · out ${fmtNumber(c.sent)}` + (c.errors ? ` · err ${fmtNumber(c.errors)}` : "") + (c.dropped ? ` · drop ${fmtNumber(c.dropped)}` : "");
+    g.querySelector(".counters").textContent = `in ${fmtNumber(c.received)} · out ${fmtNumber(c.sent)}` + (c.errors ? ` · err ${fmtNumber(c.errors)}` : "") + (c.dropped ? ` · drop ${fmtNumber(c.dropped)}` : "") + (info.queued ? ` · q ${fmtNumber(info.queued)}` : "");
     g.classList.toggle("has-errors", c.errors > 0);
     applyStatus(info.id, info.status);
   }

@@ -472,6 +472,15 @@ async fn metrics_are_prometheus_text_per_node_and_flow() {
     ] {
         assert!(text.contains(needle), "missing {needle} in:\n{text}");
     }
+    let info = get(&app, "/api/flows/fanin/info").await.json();
+    let pass = info["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == "pass")
+        .cloned()
+        .unwrap();
+    assert!(pass["queued"].is_u64(), "queue depth shown: {pass}");
     // The +Inf bucket holds every message: the count.
     let value = |prefix: &str| -> u64 {
         text.lines()
