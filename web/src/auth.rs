@@ -126,4 +126,18 @@ mod tests {
         assert_eq!(percent_decode("100%"), "100%");
         assert_eq!(percent_decode("%zz"), "%zz");
     }
+
+    proptest::proptest! {
+        /// Decoding never panics, and undoes `encodeURIComponent`-style
+        /// encoding of any text.
+        #[test]
+        fn percent_decoding_round_trips(text in "\\PC*") {
+            let encoded: String = text
+                .bytes()
+                .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
+                .collect();
+            proptest::prop_assert_eq!(percent_decode(&encoded), text.clone());
+            let _ = percent_decode(&text);
+        }
+    }
 }

@@ -363,4 +363,46 @@ mod tests {
         assert_eq!(find(&layout, "b").layer, 2);
         assert_eq!(layout.edges.iter().filter(|e| e.back).count(), 1);
     }
+
+    proptest::proptest! {
+        /// Any wiring (cycles, self-loops, fan-in, dangling ids) lays out:
+        /// every node once, wires go from an output port to an input,
+        /// forward wires go left to right, and boxes of a layer never
+        /// overlap.
+        #[test]
+        fn any_graph_lays_out_sanely(
+            edges in proptest::collection::vec((0usize..8, 0usize..3, 0usize..9), 0..24),
+            count in 1usize..8,
+        ) {
+            let ids: Vec<String> = (0..count).map(|i| format!("n{i}")).collect();
+            let mut nodes: Vec<NodeInfo> = ids
+                .iter()
+                .map(|id| node(id, &[&[], &[], &[]], true))
+                .collect();
+            for (from, port, to) in edges {
+                let target = if to < count { ids[to].clone() } else { "missing".to_string() };
+                nodes[from % count].wires[port].push(target);
+            }
+            let layout = layout(&nodes);
+            proptest::prop_assert_eq!(layout.nodes.len(), count);
+            for edge in &layout.edges {
+                let from = find(&layout, &edge.from);
+                let to = find(&layout, &edge.to);
+                proptest::prop_assert_eq!(edge.start, from.outputs[edge.port]);
+                proptest::prop_assert_eq!(Some(edge.end), to.input);
+                if !edge.back {
+                    proptest::prop_assert!(from.layer < to.layer);
+                }
+            }
+            for a in &layout.nodes {
+                for b in &layout.nodes {
+                    if a.id != b.id && a.layer == b.layer {
+                        proptest::prop_assert!(a.y + a.height <= b.y || b.y + b.height <= a.y);
+                    }
+                }
+                proptest::prop_assert!(a.x + a.width <= layout.width);
+                proptest::prop_assert!(a.y + a.height <= layout.height);
+            }
+        }
+    }
 }
