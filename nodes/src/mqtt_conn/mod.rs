@@ -26,7 +26,7 @@
 //! capped and counted when dropped). Blocking there could deadlock a flow
 //! that reads and writes through the same connection.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -40,8 +40,16 @@ use rumqttc::{
 };
 use runnel_engine::schemars::{self, JsonSchema};
 use runnel_engine::{Msg, NodeId, NodeMonitor, NodeStatus};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+
+mod backoff;
+mod out;
+mod topic;
+
+use backoff::Jitter;
+use out::{Held, OutState};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
+pub(crate) use topic::{check_filter, check_topic, qos_from, topic_matches};
 
 /// A secret string (a password): never shown by `Debug`.
 #[derive(Clone, serde::Deserialize, JsonSchema)]
@@ -348,114 +356,6 @@ impl Lease {
     /// Messages held until the broker acknowledges them.
     pub fn held(&self) -> usize {
         self.connection.out.len()
-    }
-}
-
-/// A held outgoing message: dropping it finishes the message (its tracker)
-/// and frees its in-flight slot.
-struct Held {
-    msg: Option<Msg>,
-    _permit: OwnedSemaphorePermit,
-}
-
-/// Outgoing publishes between `client.publish` and the broker's ack.
-#[derive(Default)]
-struct OutState {
-    inner: Mutex<OutInner>,
-}
-
-#[derive(Default)]
-struct OutInner {
-    /// Requested, no packet id seen yet, in request order.
-    unassigned: VecDeque<Held>,
-    /// Sent with a packet id, waiting for PUBACK/PUBCOMP.
-    inflight: HashMap<u16, Held>,
-    /// rumqttc's collision slot: the id was still in use, it sends this one
-    /// once the old one is acknowledged.
-    collided: Option<(u16, Held)>,
-}
-
-impl OutState {
-    fn lock(&self) -> std::sync::MutexGuard<'_, OutInner> {
-        match self.inner.lock() {
-            Ok(inner) => inner,
-            Err(poisoned) => poisoned.into_inner(),
-        }
-    }
-
-    fn push(&self, held: Held) {
-        self.lock().unassigned.push_back(held);
-    }
-
-    fn pop_last(&self) -> Option<Held> {
-        self.lock().unassigned.pop_back()
-    }
-
-    fn len(&self) -> usize {
-        let inner = self.lock();
-        inner.unassigned.len() + inner.inflight.len() + usize::from(inner.collided.is_some())
-    }
-
-    /// `Outgoing::Publish(pkid)`: the publish went to the network.
-    fn sent(&self, pkid: u16) {
-        let finished;
-        {
-            let mut inner = self.lock();
-            if pkid == 0 {
-                // QoS 0: written, nothing more to wait for.
-                finished = inner.unassigned.pop_front();
-            } else if inner.collided.as_ref().is_some_and(|(id, _)| *id == pkid)
-                && !inner.inflight.contains_key(&pkid)
-            {
-                if let Some((id, held)) = inner.collided.take() {
-                    inner.inflight.insert(id, held);
-                }
-                finished = None;
-            } else if inner.inflight.contains_key(&pkid) {
-                // A retransmission after reconnecting: still waiting.
-                finished = None;
-            } else {
-                match inner.unassigned.pop_front() {
-                    Some(held) => {
-                        inner.inflight.insert(pkid, held);
-                    }
-                    None => {
-                        tracing::warn!(pkid, "publish sent that runnel did not request")
-                    }
-                }
-                finished = None;
-            }
-        }
-        drop(finished);
-    }
-
-    /// `Outgoing::AwaitAck(pkid)`: the next publish collided on `pkid`.
-    fn collided(&self, pkid: u16) {
-        let mut inner = self.lock();
-        if let Some(held) = inner.unassigned.pop_front() {
-            inner.collided = Some((pkid, held));
-        }
-    }
-
-    /// PUBACK or PUBCOMP: the broker has the message.
-    fn acknowledged(&self, pkid: u16) {
-        let held = self.lock().inflight.remove(&pkid);
-        drop(held);
-    }
-
-    /// Drops everything held (the connection is gone): the messages finish
-    /// unacknowledged by the broker.
-    fn clear(&self) -> usize {
-        let mut inner = self.lock();
-        let count = inner.unassigned.len() + inner.inflight.len();
-        let taken = (
-            std::mem::take(&mut inner.unassigned),
-            std::mem::take(&mut inner.inflight),
-            inner.collided.take(),
-        );
-        drop(inner);
-        drop(taken);
-        count
     }
 }
 
@@ -965,243 +865,14 @@ pub(crate) fn describe_error(error: &ConnectionError) -> String {
     }
 }
 
-/// Whether `topic` matches the subscription `filter` (with `+`, `#` and
-/// `$share/<group>/` shared subscriptions). Topics starting with `$` do not
-/// match filters starting with a wildcard.
-pub(crate) fn topic_matches(filter: &str, topic: &str) -> bool {
-    let filter = match filter.strip_prefix("$share/") {
-        Some(rest) => match rest.split_once('/') {
-            Some((_group, filter)) => filter,
-            None => return false,
-        },
-        None => filter,
-    };
-    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
-        return false;
-    }
-    let mut levels = topic.split('/');
-    for part in filter.split('/') {
-        match part {
-            "#" => return true,
-            "+" => {
-                if levels.next().is_none() {
-                    return false;
-                }
-            }
-            exact => {
-                if levels.next() != Some(exact) {
-                    return false;
-                }
-            }
-        }
-    }
-    levels.next().is_none()
-}
-
-/// Whether `filter` is a valid subscription filter; the error says why not.
-pub(crate) fn check_filter(filter: &str) -> Result<(), String> {
-    let plain = match filter.strip_prefix("$share/") {
-        Some(rest) => match rest.split_once('/') {
-            Some((group, plain)) if !group.is_empty() && !group.contains(['+', '#']) => plain,
-            _ => {
-                return Err(format!(
-                    "invalid shared subscription {filter:?}, expected $share/<group>/<filter>"
-                ));
-            }
-        },
-        None => filter,
-    };
-    if plain.is_empty() {
-        return Err("empty topic filter".to_string());
-    }
-    let parts: Vec<&str> = plain.split('/').collect();
-    for (i, part) in parts.iter().enumerate() {
-        if part.contains('#') && (*part != "#" || i + 1 != parts.len()) {
-            return Err(format!(
-                "invalid topic filter {filter:?}: `#` must be a whole level and the last one"
-            ));
-        }
-        if part.contains('+') && *part != "+" {
-            return Err(format!(
-                "invalid topic filter {filter:?}: `+` must be a whole level"
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// Whether `topic` is valid for publishing (no wildcards, not empty).
-pub(crate) fn check_topic(topic: &str) -> Result<(), String> {
-    if topic.is_empty() {
-        return Err("empty topic".to_string());
-    }
-    if topic.contains(['+', '#']) {
-        return Err(format!(
-            "invalid topic {topic:?}: wildcards (+, #) are not allowed when publishing"
-        ));
-    }
-    if topic.contains('\0') {
-        return Err(format!("invalid topic {topic:?}: contains NUL"));
-    }
-    Ok(())
-}
-
-/// QoS from 0, 1, 2.
-pub(crate) fn qos_from(level: u8) -> Option<QoS> {
-    match level {
-        0 => Some(QoS::AtMostOnce),
-        1 => Some(QoS::AtLeastOnce),
-        2 => Some(QoS::ExactlyOnce),
-        _ => None,
-    }
-}
-
-/// Capped exponential backoff with jitter (a small xorshift; no need for
-/// cryptographic randomness).
-struct Jitter(u64);
-
-impl Jitter {
-    fn new(seed: &str) -> Self {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for byte in seed.bytes() {
-            hash = (hash ^ u64::from(byte)).wrapping_mul(0x100_0000_01b3);
-        }
-        Jitter((nanos ^ hash) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    /// The delay before attempt `failures` (1-based): min·2^(n-1), capped at
-    /// max, then a random point in its upper half.
-    fn backoff(&mut self, failures: u32, min: Duration, max: Duration) -> Duration {
-        let exponent = failures.saturating_sub(1).min(20);
-        let base = min.saturating_mul(1u32 << exponent).min(max);
-        let half = base / 2;
-        let span = (base - half).as_millis() as u64;
-        let extra = if span == 0 {
-            0
-        } else {
-            self.next() % (span + 1)
-        };
-        half + Duration::from_millis(extra)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     #[test]
-    fn filters_match_like_mqtt() {
-        assert!(topic_matches("a/b", "a/b"));
-        assert!(!topic_matches("a/b", "a/b/c"));
-        assert!(topic_matches("a/+", "a/b"));
-        assert!(!topic_matches("a/+", "a/b/c"));
-        assert!(topic_matches("a/#", "a"));
-        assert!(topic_matches("a/#", "a/b/c"));
-        assert!(topic_matches("#", "car-iotp"));
-        assert!(topic_matches("+/+/x", "a/b/x"));
-        assert!(topic_matches("$share/g/car/+", "car/1"));
-        assert!(!topic_matches("#", "$SYS/broker"));
-        assert!(topic_matches("$SYS/#", "$SYS/broker"));
-        assert!(topic_matches("a//c", "a//c"));
-        assert!(topic_matches("a/+/c", "a//c"));
-    }
-
-    #[test]
-    fn filters_are_checked() {
-        assert!(check_filter("a/+/#").is_ok());
-        assert!(check_filter("$share/g/a/#").is_ok());
-        assert!(check_filter("a/#/b").is_err());
-        assert!(check_filter("a/b#").is_err());
-        assert!(check_filter("a+/b").is_err());
-        assert!(check_filter("$share/g").is_err());
-        assert!(check_filter("").is_err());
-        assert!(check_topic("a/+").is_err());
-        assert!(check_topic("a/b").is_ok());
-    }
-
-    #[test]
-    fn backoff_grows_caps_and_jitters() {
-        let mut jitter = Jitter::new("x");
-        let min = Duration::from_millis(100);
-        let max = Duration::from_secs(5);
-        for failures in 1..40 {
-            let delay = jitter.backoff(failures, min, max);
-            let exponent = (failures - 1).min(20);
-            let base = min.saturating_mul(1 << exponent).min(max);
-            assert!(delay >= base / 2 && delay <= base, "{failures}: {delay:?}");
-        }
-    }
-
-    #[test]
     fn secrets_do_not_show_in_debug() {
         let secret = Secret("hunter2".into());
         assert_eq!(format!("{secret:?}"), "\"***\"");
-    }
-
-    fn held() -> (Held, runnel_engine::Tracker) {
-        let msg = Msg::new(runnel_engine::Value::Null);
-        let tracker = msg.tracker().clone();
-        let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
-        (
-            Held {
-                msg: Some(msg),
-                _permit: permit,
-            },
-            tracker,
-        )
-    }
-
-    #[test]
-    fn out_state_maps_packet_ids_in_request_order() {
-        let out = OutState::default();
-        let (a, ta) = held();
-        let (b, tb) = held();
-        let (c, tc) = held();
-        out.push(a);
-        out.push(b);
-        out.push(c);
-        out.sent(1);
-        out.sent(0); // b was QoS 0: finished once written
-        assert_eq!(tb.holders(), 1);
-        out.sent(2);
-        out.sent(1); // a retransmission of 1 changes nothing
-        assert_eq!(out.len(), 2);
-        out.acknowledged(2);
-        assert_eq!(tc.holders(), 1);
-        assert_eq!(ta.holders(), 2);
-        out.acknowledged(1);
-        assert_eq!(ta.holders(), 1);
-        assert_eq!(out.len(), 0);
-    }
-
-    #[test]
-    fn out_state_follows_collisions() {
-        let out = OutState::default();
-        let (a, ta) = held();
-        let (b, tb) = held();
-        out.push(a);
-        out.sent(1);
-        out.push(b);
-        out.collided(1);
-        // The broker acks the first 1; rumqttc then sends the collided one.
-        out.acknowledged(1);
-        assert_eq!(ta.holders(), 1);
-        out.sent(1);
-        assert_eq!(tb.holders(), 2);
-        out.acknowledged(1);
-        assert_eq!(tb.holders(), 1);
     }
 }
