@@ -361,11 +361,12 @@ pub async fn editor_scenario(browser: &Browser, s: &Scenario<'_>) -> Duration {
     browser.screenshot(&format!("{}-deployed", s.shots)).await;
 
     // 4. Open that message's trace: each node on its path, highlighted.
-    let index = found[1].as_u64().unwrap_or(0);
+    // By id: newer entries may have been added above it meanwhile.
     let msgid = found[0].as_str().unwrap_or_default().to_string();
     browser
         .run(&format!(
-            "document.querySelectorAll('#debug-list .debug-entry')[{index}].click(); return true;"
+            "document.querySelector(`#debug-list .debug-entry[data-msgid=\"${{{}}}\"]`).click(); return true;",
+            js_string(&msgid)
         ))
         .await;
     let hops = browser
