@@ -28,7 +28,7 @@ use crate::metrics::{Metrics, MetricsSnapshot, add};
 use crate::persist;
 use crate::retained::RetainedStore;
 use crate::server::ListenerKind;
-use crate::session::{Outgoing, Session};
+use crate::session::{Outgoing, PushOutcome, Session};
 use crate::topic::{SubscriberId, Subscription, TopicTree, parse_filter, validate_topic_name};
 
 /// Where a subscription delivers.
@@ -124,7 +124,7 @@ impl Shared {
                     qos,
                     retain,
                 };
-                session
+                let outcome = session
                     .queue
                     .push(
                         outgoing,
@@ -132,6 +132,12 @@ impl Shared {
                         &self.metrics.dropped_offline_overflow,
                     )
                     .await;
+                if outcome == PushOutcome::Dropped && qos == QoS::AtMostOnce {
+                    // The subscriber is behind: give its write loop the CPU
+                    // before this publisher reads more. Not back-pressure
+                    // (the message is already dropped), just fairness.
+                    tokio::task::yield_now().await;
+                }
             }
             Target::Local(sender) => {
                 let delivery = message.delivery(qos, retain);
