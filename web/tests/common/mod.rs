@@ -3,6 +3,8 @@
 //! server on a free port.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod router;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
