@@ -429,6 +429,29 @@ nodes:
         assert!((now_ms - stamp).abs() < 600_000.0, "{stamp} vs {now_ms}");
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn fires_on_a_cron_schedule() {
+        let engine = engine();
+        let seen = record(collect("inject-cron"), Instant::now());
+        deploy(
+            &engine,
+            r#"
+nodes:
+  - {id: tick, type: inject, cron: "* * * * * *", topic: cron, wires: [out]}
+  - {id: out, type: test-collect, channel: inject-cron}
+"#,
+        )
+        .await;
+        // Cron waits are computed from the wall clock and slept in (paused)
+        // tokio time: about one message per virtual second.
+        tokio::time::sleep(secs(3.5)).await;
+        engine.shutdown().await;
+        let seen = seen.lock().unwrap();
+        assert!((2..=4).contains(&seen.len()), "{} messages", seen.len());
+        assert_eq!(seen[0].json["topic"], "cron");
+        assert!(seen[0].json["payload"].is_u64());
+    }
+
     #[test]
     fn cron_schedules_with_and_without_seconds() {
         let at = |text: &str| text.parse::<DateTime<Utc>>().unwrap();
