@@ -400,3 +400,68 @@ async fn the_test_server_helper_starts_and_stops() {
     assert!(server.url("/x").starts_with("http://127.0.0.1:"));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn two_deploys_from_the_same_revision_one_wins_one_conflicts() {
+    let (_dir, state, app) = setup("1").await;
+    let revision = get(&app, "/api/flows/ticker").await.headers["x-runnel-revision"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let if_match = format!("\"{revision}\"");
+    let headers = [("if-match", if_match.as_str())];
+    let (first, second) = tokio::join!(
+        call(
+            &app,
+            Method::PUT,
+            "/api/flows/ticker",
+            &headers,
+            tick_flow("\"mine\"", 10),
+        ),
+        call(
+            &app,
+            Method::PUT,
+            "/api/flows/ticker",
+            &headers,
+            tick_flow("\"theirs\"", 10),
+        ),
+    );
+    let mut statuses = [first.status, second.status];
+    statuses.sort();
+    assert_eq!(statuses, [StatusCode::OK, StatusCode::CONFLICT]);
+    state.engine().shutdown().await;
+}
+
+#[tokio::test]
+async fn a_deploy_drains_the_old_flow_so_nothing_is_lost() {
+    // `pass` has two inputs, so it has a queue of its own that must drain.
+    let fan_in = |payload: &str| {
+        format!(
+            "nodes:\n\
+             - {{id: a, type: test-tick, every_ms: 1, burst: 20, payload: {payload}, wires: [[pass]]}}\n\
+             - {{id: b, type: test-tick, every_ms: 1, burst: 20, payload: {payload}, wires: [[pass]]}}\n\
+             - {{id: pass, type: test-pass, wires: [[show]]}}\n\
+             - {{id: show, type: test-debug}}\n"
+        )
+    };
+    let dir = flows_dir(&[("fanin", &fan_in("1"))]);
+    let engine = engine_with_flows(dir.path()).await;
+    let state = WebState::new(engine.clone(), dir.path());
+    let app = runnel_web::router(state.clone());
+    let old = engine.monitors("fanin").await;
+    assert_eq!(old.len(), 4);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+
+    let put = call(&app, Method::PUT, "/api/flows/fanin", &[], fan_in("2")).await;
+    assert_eq!(put.status, StatusCode::OK, "{}", put.text());
+    let [a, b, pass, show] = [&old[0], &old[1], &old[2], &old[3]].map(|m| m.counters());
+    assert!(a.sent + b.sent > 0);
+    assert_eq!(
+        pass.received,
+        a.sent + b.sent,
+        "every message sent reached pass"
+    );
+    assert_eq!(show.received, pass.sent, "and went on to the sink");
+    assert_eq!(pass.dropped, 0);
+    engine.shutdown().await;
+}
