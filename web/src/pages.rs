@@ -6,7 +6,10 @@
 //! is shown before the token is given.
 
 use axum::extract::{Path as UrlPath, State};
-use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use axum::http::header::{
+    CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, REFERRER_POLICY, X_CONTENT_TYPE_OPTIONS,
+    X_FRAME_OPTIONS,
+};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use tera::{Context, Tera};
@@ -43,6 +46,20 @@ const STATIC_FILES: [(&str, &str, &str); 4] = [
     ),
 ];
 
+/// Scripts and styles only from this server, no inline code, no framing:
+/// a flow's data can never run as script in the editor.
+const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+                   connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
+
+fn harden(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    response
+}
+
 /// Compiles the embedded templates.
 pub fn templates() -> Result<Tera, tera::Error> {
     let mut tera = Tera::default();
@@ -57,7 +74,7 @@ fn render(state: &WebState, name: &str, context: &Context) -> Response {
         .ok_or_else(|| "templates failed to compile".to_string())
         .and_then(|tera| tera.render(name, context).map_err(|e| format!("{e:?}")));
     match result {
-        Ok(html) => Html(html).into_response(),
+        Ok(html) => harden(Html(html).into_response()),
         Err(error) => {
             tracing::error!(template = name, error = %error, "cannot render page");
             (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
@@ -86,14 +103,16 @@ pub async fn flow_page(State(state): State<WebState>, UrlPath(name): UrlPath<Str
 /// `GET /static/{file}`.
 pub async fn static_file(UrlPath(file): UrlPath<String>) -> Response {
     match STATIC_FILES.iter().find(|(name, _, _)| *name == file) {
-        Some((_, content_type, body)) => (
-            [
-                (CONTENT_TYPE, HeaderValue::from_static(content_type)),
-                (CACHE_CONTROL, HeaderValue::from_static("no-cache")),
-            ],
-            *body,
-        )
-            .into_response(),
+        Some((_, content_type, body)) => harden(
+            (
+                [
+                    (CONTENT_TYPE, HeaderValue::from_static(content_type)),
+                    (CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+                ],
+                *body,
+            )
+                .into_response(),
+        ),
         None => (StatusCode::NOT_FOUND, "not found").into_response(),
     }
 }

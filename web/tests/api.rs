@@ -301,6 +301,9 @@ async fn pages_and_static_files_are_served_without_data() {
         !page.text().contains("test-tick"),
         "no flow data in the page"
     );
+    let csp = page.headers["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("script-src 'self'"), "{csp}");
+    assert_eq!(page.headers["x-content-type-options"], "nosniff");
     let script = get(&app, "/static/editor.js").await;
     assert!(
         script.headers["content-type"]
