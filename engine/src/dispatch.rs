@@ -89,8 +89,12 @@ pub(crate) enum Target {
 /// The queue of a `catch` node that receives a node's errors.
 pub(crate) type CatchTargets = Arc<[QueueTarget]>;
 
+/// One message in this many has its handling time measured.
+const BUSY_SAMPLE: u32 = 16;
+
 /// A sync node run inline in this task.
 pub(crate) struct Member {
+    pub(crate) tick: u32,
     pub(crate) monitor: Arc<NodeMonitor>,
     pub(crate) node: Box<dyn SyncNode>,
     pub(crate) out: Out,
@@ -194,18 +198,18 @@ impl Dispatcher {
             };
             // Queue targets are awaited in wire order; inline targets are
             // queued on the stack in reverse so they run in wire order too.
-            let mut inline = Vec::new();
+            let first_inline = stack.len();
             let last = targets.len().saturating_sub(1);
             let mut msg = Some(msg);
             for (k, target) in targets.iter().enumerate() {
                 let copy = if k == last { msg.take() } else { msg.clone() };
                 let Some(copy) = copy else { break };
                 match target {
-                    Target::Inline(j) => inline.push(Work::Deliver(*j, copy)),
+                    Target::Inline(j) => stack.push(Work::Deliver(*j, copy)),
                     Target::Queue(queue) => queue.deliver(copy, halt).await,
                 }
             }
-            stack.extend(inline.into_iter().rev());
+            stack[first_inline..].reverse();
         }
     }
 }
@@ -222,13 +226,19 @@ fn invoke(member: &mut Member, index: usize, msg: Msg, hub: &FlowHub, stack: &mu
         )
     });
     let identity = (msg.id(), msg.tracker().clone());
-    let started = Instant::now();
+    // Busy time is sampled (one message in BUSY_SAMPLE, scaled up): reading
+    // the clock twice per hop would cost more than a small node's work.
+    member.tick = member.tick.wrapping_add(1);
+    let started = (member.tick % BUSY_SAMPLE == 0).then(Instant::now);
     let node = &mut member.node;
     let out = &mut member.out;
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| node.on_msg(msg, out)));
-    member
-        .monitor
-        .add_busy(u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX));
+    if let Some(started) = started {
+        let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        member
+            .monitor
+            .add_busy(nanos.saturating_mul(u64::from(BUSY_SAMPLE)));
+    }
     let error = match result {
         Ok(Ok(())) => None,
         Ok(Err(error)) => Some(error),
@@ -237,8 +247,7 @@ fn invoke(member: &mut Member, index: usize, msg: Msg, hub: &FlowHub, stack: &mu
             panic_text(&*panic)
         ))),
     };
-    let sent: Vec<(Port, Msg)> = member.out.drain().collect();
-    for (port, msg) in sent.into_iter().rev() {
+    for (port, msg) in member.out.drain().rev() {
         stack.push(Work::Emit(Origin::Member(index), port, msg));
     }
     if let Some(error) = error {

@@ -149,10 +149,21 @@ impl PropPath {
             ));
         };
         if rest.is_empty() {
-            root.insert(first.clone(), value);
+            // Replacing an existing property allocates nothing.
+            match root.get_mut(first.as_str()) {
+                Some(slot) => *slot = value,
+                None => {
+                    root.insert(first.clone(), value);
+                }
+            }
             return Ok(());
         }
-        let mut current = root.entry(first.clone()).or_insert(Value::Null);
+        if !root.contains_key(first.as_str()) {
+            root.insert(first.clone(), Value::Null);
+        }
+        let mut current = root
+            .get_mut(first.as_str())
+            .ok_or_else(|| SetError::new(self, "property vanished while being set"))?;
         for (index, segment) in rest.iter().enumerate() {
             let last = index + 1 == rest.len();
             current = descend_mut(current, segment, last)
@@ -216,7 +227,11 @@ fn descend_mut<'v>(value: &'v mut Value, segment: &Segment, _last: bool) -> Opti
     }
     match (value, segment) {
         (Value::Object(map), Segment::Key(key)) => {
-            Some(Arc::make_mut(map).entry(key.clone()).or_insert(Value::Null))
+            let map = Arc::make_mut(map);
+            if !map.contains_key(key.as_str()) {
+                map.insert(key.clone(), Value::Null);
+            }
+            map.get_mut(key.as_str())
         }
         (Value::Array(items), Segment::Index(i)) => {
             let items = Arc::make_mut(items);

@@ -329,6 +329,7 @@ impl Wiring<'_> {
         let index = self.members.len();
         // Reserve the slot before recursing so indexes stay stable.
         self.members.push(Member {
+            tick: 0,
             monitor: self.nodes[to].monitor.clone(),
             node,
             out: Out::new(spec.outputs),
@@ -409,6 +410,7 @@ fn spawn_flow(shared: &Arc<EngineShared>, mut flow: Flow) -> RunningFlow {
         match spec.imp {
             NodeImpl::Sync(sync) => {
                 wiring.members.push(Member {
+                    tick: 0,
                     monitor: node.monitor.clone(),
                     node: sync,
                     out: Out::new(spec.outputs),
