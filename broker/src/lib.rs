@@ -12,7 +12,8 @@
 //! - `session`: sessions, the bounded per-client queue, QoS 1/2 inflight state.
 //! - `retained`: retained messages.
 //! - `broker`: the [`Broker`] handle, shared state, routing.
-//! - `server`: the accept loop; `connection`: one client's read and write loops;
+//! - `server`: the accept loop; `connection`: one client's handshake, session
+//!   attach and write loop; `inbound`: its read loop and packet handling;
 //!   `transport`: TLS (rustls) and MQTT over WebSocket.
 //! - `auth`: username/password and ACL rules; [`config`]: [`BrokerConfig`].
 //! - [`metrics`]: counters, [`MetricsSnapshot`], `$SYS` topics.
@@ -29,6 +30,7 @@ pub mod codec;
 pub mod config;
 mod connection;
 mod error;
+mod inbound;
 mod message;
 pub mod metrics;
 mod persist;
