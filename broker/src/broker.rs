@@ -124,14 +124,38 @@ impl Shared {
                     qos,
                     retain,
                 };
-                let outcome = session
-                    .queue
-                    .push(
+                let metrics = &self.metrics;
+                let push = |outgoing| {
+                    session.queue.push(
                         outgoing,
-                        &self.metrics.dropped_qos0_overflow,
-                        &self.metrics.dropped_offline_overflow,
+                        &metrics.dropped_qos0_overflow,
+                        &metrics.dropped_offline_overflow,
                     )
-                    .await;
+                };
+                let outcome = match self.config.slow_consumer_timeout {
+                    Some(limit) if qos != QoS::AtMostOnce => {
+                        match tokio::time::timeout(limit, push(outgoing.clone())).await {
+                            Ok(outcome) => outcome,
+                            Err(_elapsed) => {
+                                // The subscriber has not made room for `limit`:
+                                // disconnect it, as nats-server does with a
+                                // slow consumer. Waiting forever could also
+                                // deadlock: a client subscribed to its own
+                                // QoS 1 publishes stops acknowledging (its read
+                                // loop is the one waiting here), so its
+                                // inflight window never frees. Once it is
+                                // offline the message is queued for its
+                                // persistent session or dropped and counted.
+                                add(&metrics.slow_consumers_disconnected, 1);
+                                tracing::warn!(client_id = %session.client_id, ?limit,
+                                    "slow consumer disconnected");
+                                session.kick();
+                                push(outgoing).await
+                            }
+                        }
+                    }
+                    _ => push(outgoing).await,
+                };
                 if outcome == PushOutcome::Dropped && qos == QoS::AtMostOnce {
                     // The subscriber is behind: give its write loop the CPU
                     // before this publisher reads more. Not back-pressure

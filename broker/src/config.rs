@@ -29,6 +29,11 @@ pub struct BrokerConfig {
     pub max_queued_per_client: usize,
     /// QoS 1/2 messages sent to a client and not yet acknowledged.
     pub max_inflight: u16,
+    /// How long a QoS 1/2 delivery may wait for room in a connected
+    /// subscriber's queue before that subscriber is disconnected as a slow
+    /// consumer. `None`: wait forever (pure back-pressure).
+    #[serde(deserialize_with = "human_duration_opt")]
+    pub slow_consumer_timeout: Option<Duration>,
     /// Subscriptions one client may hold; more get SUBACK 0x80.
     pub max_subscriptions_per_client: usize,
     /// Retained messages held; a new retained topic past the limit is not
@@ -67,6 +72,7 @@ impl Default for BrokerConfig {
             connect_timeout: Duration::from_secs(10),
             max_queued_per_client: 1000,
             max_inflight: 64,
+            slow_consumer_timeout: Some(Duration::from_secs(30)),
             max_subscriptions_per_client: 1000,
             max_retained_messages: 100_000,
             session_expiry: None,
@@ -91,6 +97,7 @@ impl std::fmt::Debug for BrokerConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("max_queued_per_client", &self.max_queued_per_client)
             .field("max_inflight", &self.max_inflight)
+            .field("slow_consumer_timeout", &self.slow_consumer_timeout)
             .field(
                 "max_subscriptions_per_client",
                 &self.max_subscriptions_per_client,
@@ -201,6 +208,7 @@ impl BrokerConfig {
             ("connect_timeout", Some(self.connect_timeout)),
             ("persist_interval", self.persist_interval),
             ("sys_interval", self.sys_interval),
+            ("slow_consumer_timeout", self.slow_consumer_timeout),
         ] {
             if value.is_some_and(|v| v > day || v.is_zero()) {
                 return Err(ConfigError::OutOfRange { field });

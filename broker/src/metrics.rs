@@ -17,6 +17,7 @@ pub(crate) struct Metrics {
     pub(crate) dropped_offline_overflow: AtomicU64,
     pub(crate) publish_denied: AtomicU64,
     pub(crate) retained_refused: AtomicU64,
+    pub(crate) slow_consumers_disconnected: AtomicU64,
     pub(crate) sessions_expired: AtomicU64,
     pub(crate) protocol_errors: AtomicU64,
 }
@@ -40,6 +41,7 @@ impl Metrics {
             dropped_offline_overflow: get(&self.dropped_offline_overflow),
             publish_denied: get(&self.publish_denied),
             retained_refused: get(&self.retained_refused),
+            slow_consumers_disconnected: get(&self.slow_consumers_disconnected),
             sessions_expired: get(&self.sessions_expired),
             protocol_errors: get(&self.protocol_errors),
             retained_messages: retained,
@@ -74,6 +76,9 @@ pub struct MetricsSnapshot {
     pub publish_denied: u64,
     /// Retained messages not stored because `max_retained_messages` were held.
     pub retained_refused: u64,
+    /// Subscribers disconnected because a QoS 1/2 delivery waited longer
+    /// than `slow_consumer_timeout` for room in their queue.
+    pub slow_consumers_disconnected: u64,
     /// Offline persistent sessions discarded by `session_expiry`.
     pub sessions_expired: u64,
     /// Connections closed for a malformed packet or a protocol violation.
@@ -88,7 +93,7 @@ pub struct MetricsSnapshot {
 impl MetricsSnapshot {
     /// `(name, value)` pairs: `$SYS/broker/<name>` topics and, with `_`
     /// for `/`, Prometheus metric names.
-    pub fn entries(&self) -> [(&'static str, u64); 16] {
+    pub fn entries(&self) -> [(&'static str, u64); 17] {
         [
             ("clients/connected", self.connections_current),
             ("clients/total", self.connections_total),
@@ -108,6 +113,10 @@ impl MetricsSnapshot {
             ("publish/denied", self.publish_denied),
             ("retained messages/refused", self.retained_refused),
             ("sessions/expired", self.sessions_expired),
+            (
+                "clients/slow_disconnected",
+                self.slow_consumers_disconnected,
+            ),
             ("protocol/errors", self.protocol_errors),
             ("retained messages/count", self.retained_messages),
             ("sessions/count", self.sessions),

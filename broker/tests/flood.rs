@@ -21,6 +21,8 @@ async fn slow_subscriber_flood_is_bounded_and_loses_no_qos1() {
     let (broker, addr) = start(BrokerConfig {
         max_queued_per_client: MAX_QUEUED,
         max_inflight: MAX_INFLIGHT,
+        // Pure back-pressure here; eviction is tested in protocol.rs.
+        slow_consumer_timeout: None,
         ..config()
     })
     .await;
@@ -100,4 +102,73 @@ async fn slow_subscriber_flood_is_bounded_and_loses_no_qos1() {
     let _write_half = writer.await.unwrap();
     assert_eq!(acks.await.unwrap(), QOS1_MESSAGES);
     assert_eq!(broker.metrics().dropped_offline_overflow, 0);
+}
+
+/// A client subscribed to its own QoS 1 publishes: its read loop waits for
+/// room in its own queue, so it stops reading its PUBACKs and its inflight
+/// window never frees. Without `slow_consumer_timeout` this deadlocks; with
+/// it the client is disconnected as a slow consumer and the broker goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn self_subscribed_qos1_loop_is_broken_by_slow_consumer_timeout() {
+    let (broker, addr) = start(BrokerConfig {
+        max_queued_per_client: 10,
+        max_inflight: 2,
+        slow_consumer_timeout: Some(std::time::Duration::from_millis(200)),
+        ..config()
+    })
+    .await;
+    let mut client = RawClient::connect(addr, "echo").await;
+    client.subscribe("echo", QoS::AtLeastOnce).await;
+    let (mut read_half, write_half) = client.stream.into_split();
+    // One lock around the write half keeps publishes and acks whole frames.
+    let write_half = std::sync::Arc::new(tokio::sync::Mutex::new(write_half));
+    let ack_half = write_half.clone();
+    let writer = tokio::spawn(async move {
+        for i in 1..=200u16 {
+            let mut out = BytesMut::new();
+            codec::encode(
+                &Packet::Publish(Publish {
+                    dup: false,
+                    qos: QoS::AtLeastOnce,
+                    retain: false,
+                    topic: "echo".into(),
+                    packet_id: Some(i),
+                    payload: Bytes::from_static(b"x"),
+                }),
+                &mut out,
+            );
+            if write_half.lock().await.write_all(&out).await.is_err() {
+                break;
+            }
+        }
+    });
+    // Read everything, acknowledge every delivery, until the broker closes.
+    let ended = tokio::time::timeout(common::WAIT, async move {
+        let mut buf = BytesMut::new();
+        loop {
+            while let Some(packet) = codec::decode(&mut buf, 1 << 20).unwrap() {
+                if let Packet::Publish(Publish {
+                    packet_id: Some(id),
+                    ..
+                }) = packet
+                {
+                    let mut out = BytesMut::new();
+                    codec::encode(&Packet::PubAck(id), &mut out);
+                    let _ = ack_half.lock().await.write_all(&out).await;
+                }
+            }
+            match read_half.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "client neither finished nor was disconnected"
+    );
+    let _ = writer.await;
+    assert!(broker.metrics().slow_consumers_disconnected >= 1);
+    RawClient::connect(addr, "after").await.sync().await;
 }
