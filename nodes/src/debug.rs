@@ -31,7 +31,8 @@ pub struct Debug;
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DebugConfig {
-    /// Show the whole message (default). Ignored when `property` is set.
+    /// Show the whole message (default). `false` without `property` shows
+    /// `payload` only, as in Node-RED.
     #[serde(default)]
     pub complete: Option<bool>,
     /// Show only this property: `msg` is then `{"_msgid": …, "<property>":
@@ -92,12 +93,13 @@ impl NodeType for Debug {
         if config.max_length == Some(0) {
             return Err(BuildError::field("max_length", "expected at least 1"));
         }
+        let property = shown_property(config.property, config.complete);
         Ok(NodeSpec::sync(
             0,
             DebugNode {
                 node: ctx.node_id().clone(),
                 flow: ctx.flow().clone(),
-                property: config.property,
+                property,
                 console: config.console.then_some(Console::Stdout),
                 active: config.active,
                 max_length: config.max_length,
@@ -105,6 +107,19 @@ impl NodeType for Debug {
                 line: Vec::with_capacity(256),
             },
         ))
+    }
+}
+
+/// The one property to show, if any: `property`, or `payload` with
+/// `complete: false`.
+fn shown_property(property: Option<PropPath>, complete: Option<bool>) -> Option<PropPath> {
+    match (property, complete) {
+        (Some(path), _) => Some(path),
+        (None, Some(false)) => Some(
+            PropPath::parse("payload")
+                .unwrap_or_else(|_| unreachable!("\"payload\" is a valid path")),
+        ),
+        (None, _) => None,
     }
 }
 
@@ -283,7 +298,7 @@ mod tests {
         let node = DebugNode {
             node: NodeId::new("show"),
             flow: FlowId::new("test"),
-            property: config.property,
+            property: shown_property(config.property, config.complete),
             console: config.console.then(|| Console::Capture(captured.clone())),
             active: config.active,
             max_length: config.max_length,
@@ -346,6 +361,19 @@ mod tests {
             json!({"_msgid": ids[0], "payload.name": "car"})
         );
         assert_eq!(lines[1]["msg"], json!({"_msgid": ids[1]}));
+    }
+
+    #[test]
+    fn complete_false_shows_the_payload() {
+        let (mut node, captured) = capturing("complete: false");
+        let mut msg = Msg::new(Value::from(7_i64));
+        msg.set_topic("hidden");
+        let id = msg.id().to_string();
+        run_sync_node(&mut node, 0, vec![msg]);
+        assert_eq!(
+            lines(&captured)[0]["msg"],
+            json!({"_msgid": id, "payload": 7})
+        );
     }
 
     #[test]
