@@ -8,7 +8,6 @@
 //! A `set ... from` or `move` whose source path is missing deletes the
 //! target, as Node-RED does when it sets a property to `undefined`.
 
-use runnel_engine::path::{Segment, SetError};
 use runnel_engine::schemars::{self, JsonSchema};
 use runnel_engine::{
     BuildCtx, BuildError, Msg, NodeError, NodeSpec, NodeType, Out, PropPath, SyncNode, Value,
@@ -156,26 +155,13 @@ impl NodeType for Change {
     }
 }
 
-/// Writes `value` at `target`. A top-level property that already exists is
-/// replaced in place, which saves allocating its key: `set payload` is the
-/// hot path of the benchmark chain.
-fn write(msg: &mut Msg, target: &PropPath, value: Value) -> Result<(), SetError> {
-    if let [Segment::Key(key)] = target.segments()
-        && let Some(slot) = msg.props_mut().get_mut(key.as_str())
-    {
-        *slot = value;
-        return Ok(());
-    }
-    msg.set(target, value)
-}
-
 impl SyncNode for ChangeNode {
     fn on_msg(&mut self, mut msg: Msg, out: &mut Out) -> Result<(), NodeError> {
         for (index, rule) in self.rules.iter().enumerate() {
             let result = match rule {
-                Rule::SetValue { target, value } => write(&mut msg, target, value.clone()),
+                Rule::SetValue { target, value } => msg.set(target, value.clone()),
                 Rule::SetFrom { target, source } => match msg.get(source).cloned() {
-                    Some(value) => write(&mut msg, target, value),
+                    Some(value) => msg.set(target, value),
                     None => {
                         msg.delete(target);
                         Ok(())
@@ -186,7 +172,7 @@ impl SyncNode for ChangeNode {
                     Ok(())
                 }
                 Rule::Move { source, target } => match msg.delete(source) {
-                    Some(value) => write(&mut msg, target, value),
+                    Some(value) => msg.set(target, value),
                     None => {
                         msg.delete(target);
                         Ok(())
