@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use futures::StreamExt;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use runnel_geo::{EmbeddedBackend, GeoBackend, GeoOptions, Query};
 use serde_json::{Value, json};
@@ -35,19 +34,28 @@ fn options() -> GeoOptions {
     }
 }
 
+/// Stores `docs` from `CONCURRENCY` callers, each its own task storing its share (every
+/// `CONCURRENCY`-th document) one after another, so `CONCURRENCY` stores are in flight
+/// and the callers run on every runtime worker.
 async fn store_all(store: &Arc<EmbeddedBackend>, docs: Vec<Value>) {
-    futures::stream::iter(docs)
-        .map(|doc| {
+    let mut shares: Vec<Vec<Value>> = (0..CONCURRENCY).map(|_| Vec::new()).collect();
+    for (n, doc) in docs.into_iter().enumerate() {
+        shares[n % CONCURRENCY].push(doc);
+    }
+    let callers: Vec<_> = shares
+        .into_iter()
+        .map(|share| {
             let store = Arc::clone(store);
-            // Each caller is its own task, so callers run on every runtime worker (one
-            // `buffer_unordered` of plain futures would poll all of them on one thread).
-            tokio::spawn(async move { store.store(doc).await })
+            tokio::spawn(async move {
+                for doc in share {
+                    store.store(doc).await.unwrap();
+                }
+            })
         })
-        .buffer_unordered(CONCURRENCY)
-        .for_each(|stored| async move {
-            stored.unwrap().unwrap();
-        })
-        .await;
+        .collect();
+    for caller in callers {
+        caller.await.unwrap();
+    }
 }
 
 fn bench_store(c: &mut Criterion) {

@@ -12,7 +12,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures::StreamExt;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use runnel_geo::{EmbeddedBackend, GeoBackend, GeoOptions, WriterStats};
 use serde_json::{Value, json};
@@ -114,20 +113,28 @@ async fn main() {
     for round in 0..rounds {
         let batch: Vec<Value> = (next..next + docs).map(|n| device(n, &mut rng)).collect();
         next += docs;
+        // `concurrency` callers, each its own task storing every `concurrency`-th document.
+        let mut shares: Vec<Vec<Value>> = (0..concurrency).map(|_| Vec::new()).collect();
+        for (n, doc) in batch.into_iter().enumerate() {
+            shares[n % concurrency].push(doc);
+        }
         let before = store.writer_stats();
         let cpu_before = thread_cpu();
         let started = Instant::now();
-        futures::stream::iter(batch)
-            .map(|doc| {
+        let callers: Vec<_> = shares
+            .into_iter()
+            .map(|share| {
                 let store = Arc::clone(&store);
-                // Each store is its own task, so callers run on every runtime worker.
-                tokio::spawn(async move { store.store(doc).await })
+                tokio::spawn(async move {
+                    for doc in share {
+                        store.store(doc).await.unwrap();
+                    }
+                })
             })
-            .buffer_unordered(concurrency)
-            .for_each(|stored| async move {
-                stored.unwrap().unwrap();
-            })
-            .await;
+            .collect();
+        for caller in callers {
+            caller.await.unwrap();
+        }
         let elapsed = started.elapsed();
         println!(
             "round {round}: {docs} stores, {concurrency} in flight: {:.2} s, {:.0} stores/s",
