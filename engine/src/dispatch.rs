@@ -229,7 +229,7 @@ fn invoke(member: &mut Member, index: usize, msg: Msg, hub: &FlowHub, stack: &mu
     // Busy time is sampled (one message in BUSY_SAMPLE, scaled up): reading
     // the clock twice per hop would cost more than a small node's work.
     member.tick = member.tick.wrapping_add(1);
-    let started = (member.tick % BUSY_SAMPLE == 0).then(Instant::now);
+    let started = member.tick.is_multiple_of(BUSY_SAMPLE).then(Instant::now);
     let node = &mut member.node;
     let out = &mut member.out;
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| node.on_msg(msg, out)));

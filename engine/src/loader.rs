@@ -406,7 +406,7 @@ impl Loader {
         let configs = Arc::new(configs);
 
         struct Pending {
-            wires: Vec<(Option<Marker>, Vec<(String, Option<Marker>)>)>,
+            wires: ParsedWires,
             wires_mark: Option<Marker>,
         }
         let mut nodes: Vec<FlowNode> = Vec::new();
@@ -737,10 +737,8 @@ impl Loader {
                 }
             }
         };
-        if config_section {
-            if let Some(wires) = map.get_node("wires") {
-                out.error(mark(wires), node_ref, "config nodes take no wires");
-            }
+        if let (true, Some(wires)) = (config_section, map.get_node("wires")) {
+            out.error(mark(wires), node_ref, "config nodes take no wires");
         }
         let (id, type_name) = (id_text?, type_name?);
         let mut rest = hashlink::LinkedHashMap::new();

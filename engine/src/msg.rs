@@ -149,9 +149,7 @@ impl Msg {
 
     /// Removes a property by path.
     pub fn delete(&mut self, path: &PropPath) -> Option<Value> {
-        if path.get(&self.props).is_none() {
-            return None;
-        }
+        path.get(&self.props)?;
         path.delete(self.props_mut())
     }
 

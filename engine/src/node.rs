@@ -349,7 +349,7 @@ impl<'a> BuildCtx<'a> {
                 .collect();
             known.sort_unstable();
             let known = if known.is_empty() {
-                format!("none is declared under `config:`")
+                "none is declared under `config:`".to_string()
             } else {
                 format!("declared: {}", known.join(", "))
             };

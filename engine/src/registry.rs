@@ -55,10 +55,8 @@ impl TypeInfo {
         let schema = (self.schema)(&mut generator);
         let mut value = schema.to_value();
         let definitions = generator.take_definitions(true);
-        if !definitions.is_empty() {
-            if let Some(object) = value.as_object_mut() {
-                object.insert("definitions".into(), serde_json::Value::Object(definitions));
-            }
+        if let (false, Some(object)) = (definitions.is_empty(), value.as_object_mut()) {
+            object.insert("definitions".into(), serde_json::Value::Object(definitions));
         }
         value
     }

@@ -9,10 +9,8 @@ use crate::registry::{Registry, TypeInfo};
 /// `wires`) merged with the type's config fields.
 fn entry_schema(info: &TypeInfo, definitions: &mut JsonMap<String, Json>) -> Json {
     let mut config = info.config_schema();
-    if let Some(defs) = config.as_object_mut().and_then(|o| o.remove("definitions")) {
-        if let Json::Object(defs) = defs {
-            definitions.extend(defs);
-        }
+    if let Some(Json::Object(defs)) = config.as_object_mut().and_then(|o| o.remove("definitions")) {
+        definitions.extend(defs);
     }
     let mut properties = config
         .get("properties")

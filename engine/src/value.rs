@@ -381,9 +381,9 @@ mod tests {
         if let (Value::Object(a), Value::Object(b)) = (&original, &copy) {
             assert!(Arc::ptr_eq(a, b));
         }
-        copy.as_object_mut()
-            .and_then(|m| m.get_mut("c"))
-            .map(|v| *v = Value::from("y"));
+        if let Some(slot) = copy.as_object_mut().and_then(|m| m.get_mut("c")) {
+            *slot = Value::from("y");
+        }
         assert_eq!(original.to_json()["c"], "x");
         assert_eq!(copy.to_json()["c"], "y");
         // The untouched branch is still shared after the write.

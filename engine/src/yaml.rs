@@ -101,10 +101,10 @@ pub fn from_node<T: DeserializeOwned>(node: &Node) -> Result<T, YamlError> {
 /// first key (a mapping's own mark sits after that key), anything else's own
 /// start.
 pub fn node_mark(node: &Node) -> Option<Marker> {
-    if let Node::Mapping(map) = node {
-        if let Some((key, _)) = map.iter().next() {
-            return key.span().start().copied();
-        }
+    if let Node::Mapping(map) = node
+        && let Some((key, _)) = map.iter().next()
+    {
+        return key.span().start().copied();
     }
     node.span().start().copied()
 }
@@ -113,10 +113,10 @@ struct NodeDe<'a>(&'a Node);
 
 impl NodeDe<'_> {
     fn mark(&self) -> Option<&Marker> {
-        if let Node::Mapping(map) = self.0 {
-            if let Some((key, _)) = map.iter().next() {
-                return key.span().start();
-            }
+        if let Node::Mapping(map) = self.0
+            && let Some((key, _)) = map.iter().next()
+        {
+            return key.span().start();
         }
         self.0.span().start()
     }
