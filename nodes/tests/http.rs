@@ -737,3 +737,140 @@ fn values_cross_the_reply_handle_untouched() {
             .is_pending()
     );
 }
+
+/// A pouchdb-server (in memory) started with `scripts/start-couch`, killed
+/// on drop.
+struct Couch {
+    pid: Option<u32>,
+    port: u16,
+}
+
+impl Couch {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/start-couch");
+        let output = std::process::Command::new("bash")
+            .arg(script)
+            .arg(port.to_string())
+            .output()
+            .expect("run scripts/start-couch");
+        assert!(
+            output.status.success(),
+            "start-couch failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let pid = String::from_utf8_lossy(&output.stdout)
+            .trim()
+            .parse()
+            .expect("pid");
+        Couch {
+            pid: Some(pid),
+            port,
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(pid) = self.pid.take() {
+            let _ = std::process::Command::new("kill")
+                .arg(pid.to_string())
+                .status();
+            for _ in 0..100 {
+                if std::net::TcpListener::bind(("127.0.0.1", self.port)).is_ok() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+impl Drop for Couch {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn geo_store_on_couchdb_answers_and_reports_outages() {
+    let mut couch = Couch::start();
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(dir.path());
+    let addr = flow_server().await;
+    let mut errors = collect("t9-errors");
+    let yaml = format!(
+        r#"
+nodes:
+  - {{id: in, type: http-in, method: POST, path: "/t9/:op", wires: [[op]]}}
+  - id: op
+    type: change
+    rules: [{{set: operation, from: req.params.op}}]
+    wires: [[geo]]
+  - id: geo
+    type: geo-store
+    backend: couchdb
+    url: "http://127.0.0.1:{port}"
+    db: devices-t9
+    wires: [[respond]]
+  - {{id: respond, type: http-response}}
+  - {{id: failed, type: catch, wires: [[respond, sink]]}}
+  - {{id: sink, type: test-collect, channel: t9-errors}}
+"#,
+        port = couch.port
+    );
+    deploy(&engine, "t9", &yaml, &["POST /t9/:op"]).await;
+    let http = client();
+    let call = |op: &str, body: serde_json::Value| {
+        let request = http
+            .post(format!("http://{addr}/t9/{op}"))
+            .json(&body)
+            .send();
+        async move { json_of(request.await.unwrap()).await }
+    };
+    let device = json!({"_id": "mydevice1", "d": {"name": "My Device",
+        "location": {"longitude": -87.62, "latitude": 41.87, "velocity": 4, "type": "GPS"}}});
+
+    let (status, stored) = call("store", device.clone()).await;
+    assert_eq!(status, 200, "{stored}");
+    assert!(stored["_rev"].as_str().unwrap().starts_with("1-"));
+    // An update without `_rev`: the backend resolves the revision.
+    let (status, stored) = call("store", device).await;
+    assert_eq!(status, 200, "{stored}");
+    assert!(stored["_rev"].as_str().unwrap().starts_with("2-"));
+
+    let (status, docs) = call("query?lat=41.87&lon=-87.62&radius=500", json!(null)).await;
+    assert_eq!(status, 200, "{docs}");
+    assert_eq!(docs[0]["_id"], "mydevice1");
+    assert_eq!(docs[0]["d"]["location"]["type"], "GPS");
+    let (status, doc) = call("get", json!("mydevice1")).await;
+    assert_eq!(
+        (status, doc["d"]["name"].as_str()),
+        (200, Some("My Device"))
+    );
+
+    let (status, body) = call(
+        "store",
+        json!({"_id": "bad", "d": {"location": {"latitude": 91, "longitude": 0}}}),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(
+        body["field"].as_str().unwrap().contains("latitude"),
+        "{body}"
+    );
+    drop(next(&mut errors).await);
+
+    // The server goes away: after the backend's retries the client gets a
+    // 503 without detail, and catch gets the error.
+    couch.stop();
+    let (status, body) = call("get", json!("mydevice1")).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"], "geo store unavailable");
+    let error = next(&mut errors).await.to_json();
+    let text = error["error"]["message"].as_str().unwrap().to_string();
+    assert!(text.starts_with("geo store:"), "{text}");
+    engine.shutdown().await;
+}
