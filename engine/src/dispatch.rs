@@ -237,7 +237,7 @@ fn invoke(member: &mut Member, index: usize, msg: Msg, hub: &FlowHub, stack: &mu
         let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         member
             .monitor
-            .add_busy(nanos.saturating_mul(u64::from(BUSY_SAMPLE)));
+            .add_busy_sampled(nanos, u64::from(BUSY_SAMPLE));
     }
     let error = match result {
         Ok(Ok(())) => None,

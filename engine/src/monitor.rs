@@ -195,17 +195,22 @@ impl NodeMonitor {
         self.errors.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn add_busy(&self, nanos: u64) {
-        self.busy_nanos.fetch_add(nanos, Ordering::Relaxed);
+    /// Counts one measured message as `weight` messages that each took
+    /// `nanos` (busy time is sampled, one message in `weight`).
+    pub(crate) fn add_busy_sampled(&self, nanos: u64, weight: u64) {
+        self.busy_nanos
+            .fetch_add(nanos.saturating_mul(weight), Ordering::Relaxed);
         let seconds = nanos as f64 / 1e9;
         let bucket = BUSY_BUCKETS_SECONDS
             .iter()
             .position(|&bound| seconds <= bound)
             .unwrap_or(BUSY_BUCKETS_SECONDS.len());
-        self.busy_buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.busy_buckets[bucket].fetch_add(weight, Ordering::Relaxed);
     }
 
-    /// The time spent per message so far (sync nodes), by bucket.
+    /// The time spent per message so far (sync nodes), by bucket. The
+    /// scheduler measures one message in 16 and counts it 16 times, so the
+    /// counts are estimates in steps of 16.
     pub fn busy_histogram(&self) -> BusyHistogram {
         BusyHistogram {
             counts: self
@@ -311,15 +316,18 @@ mod tests {
     #[test]
     fn busy_time_is_bucketed_and_queue_depth_read_through_a_weak_handle() {
         let monitor = NodeMonitor::detached("n", "t");
-        monitor.add_busy(500); // 0.5 µs: first bucket
-        monitor.add_busy(2_000_000); // 2 ms: the 5 ms bucket
-        monitor.add_busy(1_000_000_000); // 1 s: the unbounded bucket
+        monitor.add_busy_sampled(500, 1); // 0.5 µs: first bucket
+        monitor.add_busy_sampled(2_000_000, 1); // 2 ms: the 5 ms bucket
+        monitor.add_busy_sampled(1_000_000_000, 1); // 1 s: the unbounded bucket
         let histogram = monitor.busy_histogram();
         assert_eq!(histogram.counts.len(), BUSY_BUCKETS_SECONDS.len() + 1);
         assert_eq!(histogram.counts[0], 1);
         assert_eq!(histogram.counts[7], 1);
         assert_eq!(histogram.counts[BUSY_BUCKETS_SECONDS.len()], 1);
         assert_eq!(histogram.sum_nanos, 1_002_000_500);
+        monitor.add_busy_sampled(3_000, 16); // 3 µs, weighted
+        assert_eq!(monitor.busy_histogram().counts[1], 16);
+        assert_eq!(monitor.busy_histogram().sum_nanos, 1_002_048_500);
 
         assert_eq!(monitor.queue_depth(), None);
         let (tx, rx) = mpsc::channel(4);

@@ -98,10 +98,20 @@ async fn metrics_are_prometheus_text_per_node_and_flow() {
     let engine = engine_with_flows(dir.path()).await;
     let state = WebState::new(engine, dir.path());
     let app = runnel_web::router(state.clone());
-    debug_payload(&state, &Json::from(1)).await;
-    let metrics = get(&app, "/metrics").await;
-    assert_eq!(metrics.status, StatusCode::OK);
-    let text = metrics.text();
+    // Busy time is sampled (one message in 16): wait for a measurement.
+    let text = tokio::time::timeout(HANG_GUARD, async {
+        loop {
+            let metrics = get(&app, "/metrics").await;
+            assert_eq!(metrics.status, StatusCode::OK);
+            let text = metrics.text();
+            if text.contains("runnel_node_processing_seconds_count{flow=\"ticker\",node=\"pass\"") {
+                return text;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("a busy-time sample");
     for needle in [
         "runnel_node_received_total{flow=\"ticker\",node=\"pass\",type=\"test-pass\"}",
         "runnel_node_sent_total{",
