@@ -335,10 +335,10 @@ pub(crate) fn report_error(
 }
 
 fn error_value(message: &str, node: &NodeId, type_name: &str, count: u64) -> Value {
-    let mut source = Map::new();
+    let mut source = Map::default();
     source.insert("id".into(), Value::from(node.as_str()));
     source.insert("type".into(), Value::from(type_name));
-    let mut error = Map::new();
+    let mut error = Map::default();
     error.insert("message".into(), Value::from(message));
     error.insert("source".into(), Value::from(source));
     error.insert("count".into(), Value::from(count));

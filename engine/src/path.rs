@@ -309,7 +309,7 @@ mod tests {
     fn map(json: serde_json::Value) -> Map {
         match Value::from(json) {
             Value::Object(map) => (*map).clone(),
-            _ => Map::new(),
+            _ => Map::default(),
         }
     }
 

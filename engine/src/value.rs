@@ -19,7 +19,16 @@ use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// An ordered map of property names to values, as in a JavaScript object.
-pub type Map = IndexMap<String, Value>;
+///
+/// Hashed with foldhash (seeded per process, so keys from the network cannot
+/// be chosen to collide): property lookups are on every hop's hot path, and
+/// SipHash was the largest single cost of a `change` node.
+pub type Map = IndexMap<String, Value, foldhash::fast::RandomState>;
+
+/// An empty [`Map`] with room for `capacity` properties.
+pub fn map_with_capacity(capacity: usize) -> Map {
+    Map::with_capacity_and_hasher(capacity, Default::default())
+}
 
 /// A JSON-like value with O(1) clones.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -44,7 +53,7 @@ pub enum Value {
 impl Value {
     /// An empty object.
     pub fn object() -> Self {
-        Value::Object(Arc::new(Map::new()))
+        Value::Object(Arc::new(Map::default()))
     }
 
     /// The name of this value's type, as `typeof`-like words used in errors and
@@ -352,7 +361,7 @@ impl<'de> Visitor<'de> for ValueVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Value, A::Error> {
-        let mut map = Map::with_capacity(access.size_hint().unwrap_or(0).min(4096));
+        let mut map = map_with_capacity(access.size_hint().unwrap_or(0).min(4096));
         while let Some((key, value)) = access.next_entry::<String, Value>()? {
             map.insert(key, value);
         }

@@ -371,7 +371,7 @@ async fn handle(
     match apply(&*backend, &settings, &mut msg).await {
         Ok(()) => Ok(msg),
         Err(Failure::Input { message, field }) => {
-            let mut body = Map::new();
+            let mut body = Map::default();
             body.insert("error".into(), Value::from(message.as_str()));
             body.insert("field".into(), Value::from(field));
             let props = msg.props_mut();
@@ -380,7 +380,7 @@ async fn handle(
             Err(NodeError::new(message).with_msg(msg))
         }
         Err(Failure::Backend(error)) => {
-            let mut body = Map::new();
+            let mut body = Map::default();
             body.insert("error".into(), Value::from("geo store unavailable"));
             body.insert("field".into(), Value::Null);
             let props = msg.props_mut();
@@ -437,7 +437,7 @@ async fn apply(
         Operation::Delete => {
             let id = read_id(settings, msg)?;
             let deleted = backend.delete(&id).await?;
-            let mut out = Map::new();
+            let mut out = Map::default();
             out.insert("_id".into(), Value::from(id));
             out.insert("deleted".into(), Value::from(deleted));
             Value::from(out)

@@ -46,7 +46,7 @@ impl Browser {
             .spawn()
             .expect("chromedriver starts");
         let profile = tempfile::tempdir().expect("profile dir");
-        let mut capabilities = serde_json::Map::new();
+        let mut capabilities = serde_json::Map::default();
         capabilities.insert(
             "goog:chromeOptions".into(),
             json!({
