@@ -1230,3 +1230,75 @@ nodes:
     }
     engine.shutdown().await;
 }
+
+/// `mqtt-out` without topic/qos/retain in its config takes them from the
+/// message; a message without a topic goes to `catch`.
+#[tokio::test]
+async fn mqtt_out_takes_topic_qos_and_retain_from_the_message() {
+    let broker = Mosquitto::start(BrokerOpts::default());
+    let port = broker.port;
+    let mut caught = collect("from-msg-caught");
+    let engine = engine();
+    let flow = r#"
+config:
+  - {id: broker, type: mqtt-broker, host: 127.0.0.1, port: "${PORT}"}
+nodes:
+  - {id: in, type: mqtt-in, broker: broker, topic: "src/#", qos: 1, wires: [[route]]}
+  - id: route
+    type: change
+    rules:
+      - {set: topic, from: payload.to}
+      - {set: retain, to: true}
+      - {set: qos, to: 1}
+      - {set: payload, from: payload.body}
+    wires: [[out]]
+  - {id: out, type: mqtt-out, broker: broker}
+  - {id: catch, type: t-catch, wires: [[caught]]}
+  - {id: caught, type: test-collect, channel: from-msg-caught}
+"#;
+    deploy(&engine, "from-msg", flow, &[("PORT", &port.to_string())]).await;
+    // Publish until the retained copy shows up for a late subscriber.
+    let deadline = tokio::time::Instant::now() + GUARD;
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nothing published from msg.topic"
+        );
+        tokio::task::spawn_blocking(move || {
+            mosquitto_pub(
+                port,
+                "src/a",
+                br#"{"to": "dst/lamp", "body": {"on": true}}"#,
+                1,
+                false,
+            )
+        })
+        .await
+        .unwrap();
+        let mut watcher = subscriber(port, "dst/lamp", rumqttc::QoS::AtLeastOnce);
+        if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(500), watcher.recv()).await
+        {
+            break;
+        }
+    }
+    // Published with retain: a subscriber arriving now gets it retained.
+    let mut late = subscriber(port, "dst/lamp", rumqttc::QoS::AtLeastOnce);
+    let (topic, payload, retain) = next_external(&mut late).await;
+    assert_eq!(topic, "dst/lamp");
+    assert!(retain, "published with retain from msg.retain");
+    assert_eq!(payload, br#"{"on":true}"#);
+    // No `to`: the change node deletes msg.topic, and mqtt-out reports it.
+    tokio::task::spawn_blocking(move || mosquitto_pub(port, "src/b", br#"{"body": 1}"#, 1, false))
+        .await
+        .unwrap();
+    let error = next(&mut caught).await.to_json();
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no topic"),
+        "{error}"
+    );
+    assert_eq!(error["error"]["source"]["id"], "out");
+    engine.shutdown().await;
+}
