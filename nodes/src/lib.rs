@@ -31,6 +31,7 @@ pub mod http_server;
 // MQTT.
 pub mod mqtt_broker;
 mod mqtt_conn;
+mod mqtt_embedded;
 pub mod mqtt_in;
 pub mod mqtt_out;
 

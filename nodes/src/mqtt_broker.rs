@@ -13,6 +13,18 @@
 //!
 //! Building does no I/O. The connection opens when the first node using it
 //! starts and closes when the last one stops (see `mqtt_conn`).
+//!
+//! With `embedded:` instead of `host:`, runnel runs the broker itself (see
+//! `mqtt_embedded`): outside clients connect to `listen`, and the flow's
+//! `mqtt-in`/`mqtt-out` nodes talk to it in process, without a socket.
+//!
+//! ```yaml
+//! config:
+//!   - id: broker
+//!     type: mqtt-broker
+//!     embedded:
+//!       listen: "${MQTT_LISTEN:-127.0.0.1:1883}"
+//! ```
 
 use std::sync::Arc;
 
@@ -30,7 +42,8 @@ pub struct MqttBroker;
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MqttBrokerConfig {
-    /// Broker host name or IP address.
+    /// Broker host name or IP address. Required unless `embedded` is set.
+    #[serde(default)]
     pub host: String,
     /// Broker port (default 1883; 8883 is usual with `tls`). A string is
     /// accepted so that `"${MQTT_PORT:-1883}"` works.
@@ -88,6 +101,12 @@ pub struct MqttBrokerConfig {
     /// dropped and counted (default 10000). QoS 1/2 are never dropped.
     #[serde(default)]
     pub qos0_buffer: Option<usize>,
+    /// Run an MQTT broker inside runnel instead of connecting to one
+    /// (leave out `host` and the other connection settings). It starts when
+    /// the first `mqtt-in`/`mqtt-out` node using it runs and stops with the
+    /// last; those nodes exchange messages with it in process.
+    #[serde(default)]
+    pub embedded: Option<crate::mqtt_embedded::EmbeddedConfig>,
 }
 
 /// A port as a number or as text (after `${VAR}` substitution).
@@ -272,6 +291,9 @@ impl ConfigNodeType for MqttBroker {
     type Handle = BrokerHandle;
 
     fn build(config: Self::Config, ctx: &BuildCtx<'_>) -> Result<Arc<BrokerHandle>, BuildError> {
+        if config.embedded.is_some() {
+            return crate::mqtt_embedded::build_handle(config, ctx);
+        }
         let settings = MqttBroker::settings(config, ctx)?;
         Ok(Arc::new(BrokerHandle::new(settings, ctx.monitor())))
     }

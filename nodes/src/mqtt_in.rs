@@ -17,6 +17,11 @@
 //! restart before that makes the broker deliver it again (at least once).
 //! A payload that does not decode, or is larger than `max_payload`, goes to
 //! `catch` nodes (and is acknowledged once handled); the node keeps running.
+//!
+//! On an `mqtt-broker` with `embedded:` the node subscribes in process
+//! (same decoding, same `msg.topic`/`qos`/`retain`), and there is no
+//! acknowledgement to withhold: see `docs/delivery.md`, "In-process
+//! delivery".
 
 use std::sync::Arc;
 
@@ -103,6 +108,9 @@ struct MqttInNode {
     rx: SubscriptionRx,
     datatype: DataType,
     max_payload: usize,
+    /// The filter and QoS, for an embedded broker's in-process subscription.
+    filter: String,
+    qos: QoS,
 }
 
 impl NodeType for MqttIn {
@@ -140,6 +148,8 @@ impl NodeType for MqttIn {
                 rx,
                 datatype: config.datatype,
                 max_payload,
+                filter: config.topic,
+                qos,
             },
         ))
     }
@@ -232,6 +242,15 @@ impl MqttInNode {
 #[runnel_engine::async_trait]
 impl TaskNode for MqttInNode {
     async fn run(mut self: Box<Self>, ctx: &mut NodeCtx) -> Result<(), NodeError> {
+        if let Some(embedded) = self.broker.embedded() {
+            let spec = crate::mqtt_embedded::InProcessIn {
+                filter: &self.filter,
+                qos: self.qos,
+                datatype: self.datatype,
+                max_payload: self.max_payload,
+            };
+            return crate::mqtt_embedded::run_in(ctx, embedded, spec).await;
+        }
         let lease = self.broker.attach(ctx.monitor().clone());
         loop {
             let delivery = tokio::select! {

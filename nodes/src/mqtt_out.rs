@@ -146,6 +146,9 @@ impl MqttOutNode {
 #[runnel_engine::async_trait]
 impl TaskNode for MqttOutNode {
     async fn run(self: Box<Self>, ctx: &mut NodeCtx) -> Result<(), NodeError> {
+        if let Some(embedded) = self.broker.embedded() {
+            return crate::mqtt_embedded::run_out(ctx, embedded, |msg| self.prepare(msg)).await;
+        }
         let lease = self.broker.attach(ctx.monitor().clone());
         while let Some(msg) = ctx.recv().await {
             let (topic, qos, retain, payload) = match self.prepare(&msg) {

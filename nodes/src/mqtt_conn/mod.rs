@@ -196,6 +196,9 @@ pub struct BrokerHandle {
     routes: Arc<Mutex<Vec<Route>>>,
     routes_version: Arc<AtomicU64>,
     live: Mutex<Weak<Connection>>,
+    /// Set for `embedded:`: the nodes talk to this in-process broker
+    /// instead of opening a connection (see `mqtt_embedded`).
+    embedded: Option<Arc<crate::mqtt_embedded::EmbeddedBroker>>,
 }
 
 impl fmt::Debug for BrokerHandle {
@@ -216,7 +219,22 @@ impl BrokerHandle {
             routes: Arc::default(),
             routes_version: Arc::default(),
             live: Mutex::new(Weak::new()),
+            embedded: None,
         }
+    }
+
+    /// A handle whose nodes use the in-process broker `embedded`.
+    pub(crate) fn with_embedded(
+        mut self,
+        embedded: Arc<crate::mqtt_embedded::EmbeddedBroker>,
+    ) -> Self {
+        self.embedded = Some(embedded);
+        self
+    }
+
+    /// The in-process broker, when the config node has `embedded:`.
+    pub(crate) fn embedded(&self) -> Option<&Arc<crate::mqtt_embedded::EmbeddedBroker>> {
+        self.embedded.as_ref()
     }
 
     /// The settings (for tests and docs).
