@@ -30,8 +30,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use bytes::Bytes;
 use futures::FutureExt as _;
 use runnel_broker::{
-    Access, AclRule, Broker, BrokerConfig, LocalSubscription, Publish, QoS as BrokerQoS,
-    UserConfig,
+    Access, AclRule, Broker, BrokerConfig, LocalSubscription, Publish, QoS as BrokerQoS, UserConfig,
 };
 use runnel_engine::schemars::{self, JsonSchema};
 use runnel_engine::{
@@ -658,8 +657,7 @@ mod tests {
     use super::*;
 
     fn config(json: serde_json::Value) -> Result<BrokerConfig, String> {
-        let embedded: EmbeddedConfig =
-            serde_json::from_value(json).map_err(|e| e.to_string())?;
+        let embedded: EmbeddedConfig = serde_json::from_value(json).map_err(|e| e.to_string())?;
         embedded
             .broker_config(Path::new("/data"))
             .map_err(|e| e.to_string())
@@ -706,8 +704,8 @@ mod tests {
         }))
         .unwrap_err();
         assert!(error.contains("empty username"), "{error}");
-        let error = config(serde_json::json!({"listen": "127.0.0.1:1", "max_inflight": 0}))
-            .unwrap_err();
+        let error =
+            config(serde_json::json!({"listen": "127.0.0.1:1", "max_inflight": 0})).unwrap_err();
         assert!(error.contains("max_inflight"), "{error}");
         let error = config(serde_json::json!({
             "listen": "127.0.0.1:1", "acl": [{"topic": "a/#/b", "access": "both"}]
