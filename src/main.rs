@@ -97,7 +97,7 @@ struct RunArgs {
     #[arg(long, env = "RUNNEL_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
     /// Messages whose hops the trace store keeps for the editor (0 disables it).
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 2_000)]
     trace_capacity: usize,
 }
 
@@ -278,7 +278,10 @@ async fn run_flows_async(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let mut shared = EngineShared::new(settings);
     if let Some(shared) = Arc::get_mut(&mut shared) {
-        shared.trace = Arc::new(runnel_engine::TraceStore::new(args.trace_capacity.max(1), 256));
+        shared.trace = Arc::new(runnel_engine::TraceStore::new(
+            args.trace_capacity.max(1),
+            256,
+        ));
     }
     let engine = Engine::new(registry(), shared.clone());
     let loader = engine.loader();
@@ -299,8 +302,12 @@ async fn run_flows_async(args: RunArgs) -> anyhow::Result<ExitCode> {
             tracing::warn!(flow = %flow.id, "{warning}");
         }
     }
-    shared.trace.set_enabled(args.trace || args.trace_capacity > 0);
-    let tracer = args.trace.then(|| tokio::spawn(print_trace(shared.trace.subscribe())));
+    shared
+        .trace
+        .set_enabled(args.trace || args.trace_capacity > 0);
+    let tracer = args
+        .trace
+        .then(|| tokio::spawn(print_trace(shared.trace.subscribe())));
 
     // One HTTP server: the editor and admin API, with the flows' http-in
     // routes as the fallback.
@@ -309,6 +316,7 @@ async fn run_flows_async(args: RunArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let web = runnel_web::WebState::builder(engine.clone(), args.paths.clone())
         .admin_token(args.admin_token.clone().filter(|t| !t.is_empty()))
+        .ready(false)
         .build();
     let app = runnel_web::router(web.clone()).fallback(runnel_nodes::http_server::fallback_handler);
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();

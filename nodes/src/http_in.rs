@@ -25,7 +25,7 @@ use axum::http::request::Parts;
 use bytes::Bytes;
 use runnel_engine::schemars::{self, JsonSchema};
 use runnel_engine::{
-    BuildCtx, BuildError, Duration, Map, Msg, NodeCtx, NodeError, NodeSpec, NodeStatus, NodeType,
+    BuildCtx, BuildError, Duration, Msg, NodeCtx, NodeError, NodeSpec, NodeStatus, NodeType,
     TaskNode, Value,
 };
 use serde::Deserialize;

@@ -392,7 +392,7 @@ pub async fn openapi() -> Response {
         .into_response()
 }
 
-/// Any unknown `/api/...` path.
-pub async fn api_not_found() -> ApiError {
-    ApiError::NotFound("no such API endpoint; see /api/openapi.json".into())
+/// Any path no route serves (when the binary adds no fallback of its own).
+pub async fn no_route() -> ApiError {
+    ApiError::NotFound("no such route; the admin API is described at /api/openapi.json".into())
 }

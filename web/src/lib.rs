@@ -206,8 +206,13 @@ impl WebState {
 ///
 /// - public: `/`, `/flows/{name}` (pages without data), `/static/*`,
 ///   `/healthz`, `/readyz`, `/api/openapi.json`;
-/// - admin (token required when one is set): every other `/api/*` route,
+/// - admin (token required when one is set): the `/api/*` routes above,
 ///   the `/api/debug` WebSocket and `/metrics`.
+///
+/// Other paths, `/api/...` included, fall through to whatever fallback the
+/// binary sets in place of this router's JSON 404: the flows' `http-in`
+/// routes (the seed's OpenWhisk-style `POST /api/v1/namespaces/...` is a
+/// flow route), which answer a JSON 404 for unknown paths too.
 ///
 /// Request bodies are limited to [`BODY_LIMIT`].
 pub fn router(state: WebState) -> Router {
@@ -221,7 +226,6 @@ pub fn router(state: WebState) -> Router {
         .route("/api/traces/{msgid}", get(api::get_trace))
         .route("/api/debug", get(debug_ws::debug_ws))
         .route("/metrics", get(metrics::metrics))
-        .route("/api/{*rest}", axum::routing::any(api::api_not_found))
         .route_layer(from_fn_with_state(state.clone(), auth::require_token));
     Router::new()
         .route("/", get(pages::flows_page))
@@ -231,6 +235,7 @@ pub fn router(state: WebState) -> Router {
         .route("/readyz", get(api::readyz))
         .route("/api/openapi.json", get(api::openapi))
         .merge(admin)
+        .fallback(api::no_route)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
 }
