@@ -39,12 +39,18 @@ fn lines(child: &mut Child) -> mpsc::Receiver<String> {
 }
 
 fn next_json(rx: &mpsc::Receiver<String>) -> serde_json::Value {
-    let line = rx.recv_timeout(Duration::from_secs(20)).expect("a line within 20s (hang guard)");
+    let line = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("a line within 20s (hang guard)");
     serde_json::from_str(&line).unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line}"))
 }
 
 fn terminate(child: &mut Child) -> std::process::ExitStatus {
-    let status = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
     assert!(status.success());
     for _ in 0..200 {
         if let Some(status) = child.try_wait().unwrap() {
@@ -69,7 +75,10 @@ fn payload_frequency_prints_the_location_every_second_and_exits_0_on_sigterm() {
             serde_json::json!({"longitude": -87.62, "latitude": 41.87, "velocity": 4, "type": "GPS"})
         );
         let time = line["time"].as_str().unwrap();
-        assert!(time.ends_with('Z') && time.len() == 24, "ISO time with milliseconds: {time}");
+        assert!(
+            time.ends_with('Z') && time.len() == 24,
+            "ISO time with milliseconds: {time}"
+        );
         ids.push(line["msg"]["_msgid"].as_str().unwrap().to_string());
     }
     assert_ne!(ids[0], ids[1], "every message has its own _msgid");
@@ -93,7 +102,11 @@ fn trace_prints_every_hop_of_a_message() {
     let rx = lines(&mut child);
     let mut events = Vec::new();
     let mut msgid = None;
-    while msgid.is_none() || !events.iter().any(|e: &serde_json::Value| e["event"] == "finished") {
+    while msgid.is_none()
+        || !events
+            .iter()
+            .any(|e: &serde_json::Value| e["event"] == "finished")
+    {
         let line = next_json(&rx);
         if line.get("event").is_some() {
             events.push(line);
@@ -105,11 +118,23 @@ fn trace_prints_every_hop_of_a_message() {
     let hops: Vec<String> = events
         .iter()
         .filter(|e| e["msgid"] == msgid.as_str())
-        .map(|e| format!("{}:{}", e["node"].as_str().unwrap_or("-"), e["event"].as_str().unwrap()))
+        .map(|e| {
+            format!(
+                "{}:{}",
+                e["node"].as_str().unwrap_or("-"),
+                e["event"].as_str().unwrap()
+            )
+        })
         .collect();
     assert_eq!(
         hops,
-        ["params:sent", "decode:received", "decode:sent", "decoded:received", "-:finished"],
+        [
+            "params:sent",
+            "decode:received",
+            "decode:sent",
+            "decoded:received",
+            "-:finished"
+        ],
         "{events:#?}"
     );
     assert_eq!(terminate(&mut child).code(), Some(0));
@@ -126,13 +151,23 @@ fn invalid_flows_do_not_start() {
         .unwrap();
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("unknown-type.yaml:4:11: node \"extract\": unknown node type \"chnage\""), "{stderr}");
+    assert!(
+        stderr.contains("unknown-type.yaml:4:11: node \"extract\": unknown node type \"chnage\""),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn json_logs_are_one_object_per_line() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_runnel"))
-        .args(["--log-format", "json", "run", "flows/base64-decode.yaml", "--listen", "127.0.0.1:0"])
+        .args([
+            "--log-format",
+            "json",
+            "run",
+            "flows/base64-decode.yaml",
+            "--listen",
+            "127.0.0.1:0",
+        ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env("RUNNEL_LOG", "info")
         .stdout(Stdio::null())
@@ -147,7 +182,11 @@ fn json_logs_are_one_object_per_line() {
         }
     });
     let line = rx.recv_timeout(Duration::from_secs(20)).unwrap();
-    let log: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
-    assert!(log["level"].is_string() && log["timestamp"].is_string(), "{log}");
+    let log: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert!(
+        log["level"].is_string() && log["timestamp"].is_string(),
+        "{log}"
+    );
     assert_eq!(terminate(&mut child).code(), Some(0));
 }

@@ -7,15 +7,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use runnel_engine::schemars::{self, JsonSchema};
 use runnel_engine::{
-    BuildCtx, BuildError, Engine, EngineSettings, EngineShared, Msg, NodeCtx, NodeError, NodeSpec, NodeType, Out,
-    Registry, SyncNode, TaskNode, Value,
+    BuildCtx, BuildError, Engine, EngineSettings, EngineShared, Msg, NodeCtx, NodeError, NodeSpec,
+    NodeType, Out, Registry, SyncNode, TaskNode, Value,
 };
 use serde::Deserialize;
 use tokio::sync::Notify;
@@ -60,7 +60,13 @@ impl NodeType for BenchSource {
     const SUMMARY: &'static str = "benchmark source";
     type Config = BenchSourceConfig;
     fn build(config: BenchSourceConfig, _: &BuildCtx<'_>) -> Result<NodeSpec, BuildError> {
-        Ok(NodeSpec::task(false, 1, BenchSourceNode { count: config.count }))
+        Ok(NodeSpec::task(
+            false,
+            1,
+            BenchSourceNode {
+                count: config.count,
+            },
+        ))
     }
 }
 
@@ -80,7 +86,13 @@ static COUNTER: std::sync::OnceLock<Arc<Counter>> = std::sync::OnceLock::new();
 
 fn counter() -> Arc<Counter> {
     COUNTER
-        .get_or_init(|| Arc::new(Counter { seen: AtomicU64::new(0), target: AtomicU64::new(u64::MAX), done: Notify::new() }))
+        .get_or_init(|| {
+            Arc::new(Counter {
+                seen: AtomicU64::new(0),
+                target: AtomicU64::new(u64::MAX),
+                done: Notify::new(),
+            })
+        })
         .clone()
 }
 
@@ -114,9 +126,14 @@ fn registry() -> Arc<Registry> {
 
 /// source -> change x n -> count
 fn chain_flow(n: usize, count: u64) -> String {
-    let mut yaml = format!("nodes:\n  - {{id: src, type: bench-source, count: {count}, wires: [[c0]]}}\n");
+    let mut yaml =
+        format!("nodes:\n  - {{id: src, type: bench-source, count: {count}, wires: [[c0]]}}\n");
     for i in 0..n {
-        let next = if i + 1 == n { "sink".to_string() } else { format!("c{}", i + 1) };
+        let next = if i + 1 == n {
+            "sink".to_string()
+        } else {
+            format!("c{}", i + 1)
+        };
         yaml.push_str(&format!(
             "  - {{id: c{i}, type: change, rules: [{{set: location, from: \"payload.d.location\"}}], wires: [[{next}]]}}\n"
         ));
@@ -146,7 +163,10 @@ fn run_flow(runtime: &tokio::runtime::Runtime, yaml: &str, expected: u64) -> Dur
     counter.target.store(expected, Ordering::SeqCst);
     runtime.block_on(async {
         let engine = Engine::new(registry(), EngineShared::new(EngineSettings::default()));
-        let flow = engine.loader().load_str(Path::new("bench.yaml"), yaml).expect("bench flow loads");
+        let flow = engine
+            .loader()
+            .load_str(Path::new("bench.yaml"), yaml)
+            .expect("bench flow loads");
         let started = Instant::now();
         let done = counter.done.notified();
         engine.deploy(flow).await;
@@ -158,7 +178,10 @@ fn run_flow(runtime: &tokio::runtime::Runtime, yaml: &str, expected: u64) -> Dur
 }
 
 fn scheduler(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let mut group = c.benchmark_group("scheduler");
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(8));
@@ -171,7 +194,11 @@ fn scheduler(c: &mut Criterion) {
     }
     let yaml = fan_out_flow(MESSAGES);
     group.bench_function("fan_out_1_to_10", |b| {
-        b.iter_custom(|iters| (0..iters).map(|_| run_flow(&runtime, &yaml, MESSAGES * 10)).sum());
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| run_flow(&runtime, &yaml, MESSAGES * 10))
+                .sum()
+        });
     });
     group.finish();
 
