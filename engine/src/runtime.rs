@@ -103,6 +103,9 @@ struct RunningFlow {
     hub: Arc<FlowHub>,
     stopping: CancellationToken,
     halt: CancellationToken,
+    /// Source tasks (task nodes without an input): they are awaited after
+    /// `stopping`, before the drain, so no message is created after it.
+    sources: JoinSet<()>,
     tasks: JoinSet<()>,
     nodes: Vec<NodeShape>,
 }
@@ -167,15 +170,15 @@ impl Engine {
 
     /// Stops every flow: all sources first, then one shared drain, then halt.
     pub async fn shutdown(&self) {
-        let flows: Vec<RunningFlow> = std::mem::take(&mut *self.flows.lock().await)
+        let mut flows: Vec<RunningFlow> = std::mem::take(&mut *self.flows.lock().await)
             .into_values()
             .collect();
         for flow in &flows {
             flow.stopping.cancel();
         }
         let drain = async {
-            for flow in &flows {
-                flow.hub.in_flight().wait_idle().await;
+            for flow in &mut flows {
+                flow.drain().await;
             }
         };
         if tokio::time::timeout(self.shared.settings.drain_timeout, drain)
@@ -263,12 +266,18 @@ impl RunningFlow {
         }
     }
 
-    async fn stop(self, drain: Duration) {
+    /// Waits until every source task has returned, then until every message
+    /// has finished. A source may still be sending when `stopping` fires
+    /// (mid-burst, or blocked on a full queue): draining only after it
+    /// returned means nothing it created is cut off by the halt.
+    async fn drain(&mut self) {
+        while self.sources.join_next().await.is_some() {}
+        self.hub.in_flight().wait_idle().await;
+    }
+
+    async fn stop(mut self, drain: Duration) {
         self.stopping.cancel();
-        if tokio::time::timeout(drain, self.hub.in_flight().wait_idle())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(drain, self.drain()).await.is_err() {
             tracing::warn!(
                 flow = %self.hub.flow(),
                 in_flight = self.hub.in_flight().count(),
@@ -280,12 +289,16 @@ impl RunningFlow {
 
     async fn halt_and_join(mut self) {
         self.halt.cancel();
-        let join = async { while self.tasks.join_next().await.is_some() {} };
+        let join = async {
+            while self.sources.join_next().await.is_some() {}
+            while self.tasks.join_next().await.is_some() {}
+        };
         if tokio::time::timeout(Duration::from_secs(5), join)
             .await
             .is_err()
         {
             tracing::warn!(flow = %self.hub.flow(), "tasks did not stop in 5s; aborting them");
+            self.sources.abort_all();
             self.tasks.abort_all();
         }
         tracing::info!(flow = %self.hub.flow(), "flow stopped");
@@ -392,6 +405,7 @@ fn spawn_flow(shared: &Arc<EngineShared>, mut flow: Flow) -> RunningFlow {
     let stopping = CancellationToken::new();
     let halt = CancellationToken::new();
     let mut tasks = JoinSet::new();
+    let mut sources = JoinSet::new();
 
     for root in (0..count).filter(|&i| !fused[i]) {
         let Some(spec) = specs[root].take() else {
@@ -433,10 +447,12 @@ fn spawn_flow(shared: &Arc<EngineShared>, mut flow: Flow) -> RunningFlow {
                     wiring.members,
                     halt.clone(),
                 );
+                let input = inputs[root].take();
+                let is_source = input.is_none();
                 let ctx = NodeCtx {
                     monitor: node.monitor.clone(),
                     hub: hub.clone(),
-                    input: inputs[root].take(),
+                    input,
                     dispatcher,
                     outputs: spec.outputs,
                     catch: catch_for[root].clone(),
@@ -445,7 +461,12 @@ fn spawn_flow(shared: &Arc<EngineShared>, mut flow: Flow) -> RunningFlow {
                     data_dir: shared.settings.data_dir.clone(),
                     debug: shared.debug.clone(),
                 };
-                tasks.spawn(run_task_root(task, ctx, node.rebuild.clone()));
+                let run = run_task_root(task, ctx, node.rebuild.clone());
+                if is_source {
+                    sources.spawn(run);
+                } else {
+                    tasks.spawn(run);
+                }
             }
         }
     }
@@ -480,6 +501,7 @@ fn spawn_flow(shared: &Arc<EngineShared>, mut flow: Flow) -> RunningFlow {
         hub,
         stopping,
         halt,
+        sources,
         tasks,
         nodes,
     }
