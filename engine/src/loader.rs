@@ -331,19 +331,7 @@ impl Loader {
                 );
             }
         }
-        let description =
-            top.get_node("description")
-                .and_then(|node| match yaml::from_node::<String>(node) {
-                    Ok(text) => Some(text),
-                    Err(e) => {
-                        out.error(
-                            e.mark.or(mark(node)),
-                            None,
-                            format!("field \"description\": {}", e.message),
-                        );
-                        None
-                    }
-                });
+        let description = optional_string(top.get_node("description"), "description", None, out);
         let settings = match top.get_node("settings") {
             Some(node) => match yaml::from_node::<FlowSettings>(node) {
                 Ok(settings) => settings,
@@ -451,19 +439,7 @@ impl Loader {
             let Some(map) = entry.as_mapping() else {
                 continue;
             };
-            let name =
-                map.get_node("name")
-                    .and_then(|node| match yaml::from_node::<String>(node) {
-                        Ok(name) => Some(name),
-                        Err(e) => {
-                            out.error(
-                                e.mark.or(mark(node)),
-                                Some(&id),
-                                format!("field \"name\": {}", e.message),
-                            );
-                            None
-                        }
-                    });
+            let name = optional_string(map.get_node("name"), "name", Some(&id), out);
             let wires = map
                 .get_node("wires")
                 .map(|node| parse_wires(node, &id, out))
@@ -749,6 +725,27 @@ impl Loader {
         }
         let config = Node::Mapping(MarkedMappingNode::new(*map.span(), rest));
         Some((id, type_name, config))
+    }
+}
+
+/// An optional text field (`description`, `name`), reported when not text.
+fn optional_string(
+    node: Option<&Node>,
+    field: &str,
+    id: Option<&str>,
+    out: &mut Collector,
+) -> Option<String> {
+    let node = node?;
+    match yaml::from_node::<String>(node) {
+        Ok(text) => Some(text),
+        Err(e) => {
+            out.error(
+                e.mark.or(mark(node)),
+                id,
+                format!("field \"{field}\": {}", e.message),
+            );
+            None
+        }
     }
 }
 
