@@ -824,8 +824,18 @@ nodes:
     let publisher = std::thread::spawn(move || {
         for n in 0..150_i64 {
             let payload = format!(r#"{{"n": {n}}}"#);
-            if mosquitto_pub(port, "fault/data", payload.as_bytes(), 1, false) {
-                accepted_tx.send(n).unwrap();
+            // Retry while the broker is down (bounded), so the run spans the
+            // restart however slow the machine is.
+            let give_up = std::time::Instant::now() + GUARD;
+            loop {
+                if mosquitto_pub(port, "fault/data", payload.as_bytes(), 1, false) {
+                    accepted_tx.send(n).unwrap();
+                    break;
+                }
+                if std::time::Instant::now() > give_up {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
             }
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -1058,8 +1068,18 @@ nodes:
     let publisher = std::thread::spawn(move || {
         for n in 0..200_i64 {
             let payload = format!(r#"{{"n": {n}}}"#);
-            if mosquitto_pub(port, "pipe/in", payload.as_bytes(), 1, false) {
-                accepted_tx.send(n).unwrap();
+            // While the broker is down a publish fails; retry it (bounded)
+            // so the run spans the restart however slow the machine is.
+            let give_up = std::time::Instant::now() + GUARD;
+            loop {
+                if mosquitto_pub(port, "pipe/in", payload.as_bytes(), 1, false) {
+                    accepted_tx.send(n).unwrap();
+                    break;
+                }
+                if std::time::Instant::now() > give_up {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
             }
         }
     });
