@@ -92,7 +92,16 @@ impl NodeCtx {
     }
 
     /// Sends `msg` on `port`, waiting while a downstream queue is full.
+    ///
+    /// Once [`NodeCtx::stopping`] has fired, what a source (a node without
+    /// an input) sends is dropped, which finishes it: the flow is draining,
+    /// and a message created now could be cut off by the halt. A source that
+    /// acknowledges its messages (MQTT) therefore never acknowledges these.
     pub async fn send(&mut self, port: Port, msg: Msg) {
+        if self.input.is_none() && self.stopping.is_cancelled() {
+            drop(msg);
+            return;
+        }
         if port >= self.outputs {
             let error = NodeError::new(format!(
                 "sent on port {port}, but the node has {} output port(s)",

@@ -103,8 +103,7 @@ struct RunningFlow {
     hub: Arc<FlowHub>,
     stopping: CancellationToken,
     halt: CancellationToken,
-    /// Source tasks (task nodes without an input): they are awaited after
-    /// `stopping`, before the drain, so no message is created after it.
+    /// Source tasks (task nodes without an input).
     sources: JoinSet<()>,
     tasks: JoinSet<()>,
     nodes: Vec<NodeShape>,
@@ -266,12 +265,12 @@ impl RunningFlow {
         }
     }
 
-    /// Waits until every source task has returned, then until every message
-    /// has finished. A source may still be sending when `stopping` fires
-    /// (mid-burst, or blocked on a full queue): draining only after it
-    /// returned means nothing it created is cut off by the halt.
+    /// Waits until every message has finished. Sources stop creating
+    /// messages once `stopping` fires: [`NodeCtx::send`] drops what a source
+    /// sends after that, so nothing it creates later can be cut off by the
+    /// halt. (A source may keep running until the halt, e.g. to send the
+    /// acknowledgements of messages finishing during the drain.)
     async fn drain(&mut self) {
-        while self.sources.join_next().await.is_some() {}
         self.hub.in_flight().wait_idle().await;
     }
 
