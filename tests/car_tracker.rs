@@ -4,13 +4,15 @@
 //! guards only.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-const GUARD: Duration = Duration::from_secs(30);
+mod common;
+
+use common::{GUARD, lines, terminate};
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -33,21 +35,6 @@ fn spawn_car_tracker(port: u16) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .unwrap()
-}
-
-/// Stdout lines, read on a thread so the test can wait with a bound.
-fn lines(child: &mut Child) -> mpsc::Receiver<String> {
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
 }
 
 fn mosquitto_pub(port: u16, topic: &str, payload: &str) -> bool {
@@ -94,24 +81,6 @@ fn publish_until_shown(
         }
     }
     panic!("no debug line from {node} within {GUARD:?}");
-}
-
-fn terminate(child: &mut Child) -> std::process::ExitStatus {
-    let status = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let deadline = Instant::now() + GUARD;
-    while Instant::now() < deadline {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child.kill().unwrap();
-    panic!("runnel did not exit within {GUARD:?} of SIGTERM");
 }
 
 #[test]

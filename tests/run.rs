@@ -8,6 +8,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+mod common;
+
+use common::{lines, terminate};
+
 fn spawn(args: &[&str]) -> Child {
     let data = tempfile::tempdir().unwrap().keep();
     Command::new(env!("CARGO_BIN_EXE_runnel"))
@@ -23,43 +27,11 @@ fn spawn(args: &[&str]) -> Child {
         .unwrap()
 }
 
-/// Reads stdout lines on a thread, so the test can wait with a bound.
-fn lines(child: &mut Child) -> mpsc::Receiver<String> {
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
 fn next_json(rx: &mpsc::Receiver<String>) -> serde_json::Value {
     let line = rx
         .recv_timeout(Duration::from_secs(20))
         .expect("a line within 20s (hang guard)");
     serde_json::from_str(&line).unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line}"))
-}
-
-fn terminate(child: &mut Child) -> std::process::ExitStatus {
-    let status = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    for _ in 0..200 {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child.kill().unwrap();
-    panic!("runnel did not exit within 10s of SIGTERM");
 }
 
 #[test]
