@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
-use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderValue};
 use reqwest::{Method, Url};
 use runnel_engine::schemars::{self, JsonSchema};
 use runnel_engine::{
@@ -33,6 +33,7 @@ use runnel_engine::{
 };
 use serde::Deserialize;
 
+use crate::http_response::header_pair;
 use crate::http_server::{ByteSize, HttpMethod, headers_to_value};
 
 /// `http-request`.
@@ -286,30 +287,9 @@ fn build_request(
         ));
     }
     let mut headers = settings.headers.clone();
-    match msg.props().get("headers") {
-        None | Some(Value::Null) => {}
-        Some(Value::Object(map)) => {
-            for (name, value) in map.iter() {
-                let text = match value {
-                    Value::String(s) => s.to_string(),
-                    Value::Number(_) | Value::Bool(_) => value.to_text(),
-                    other => {
-                        return Err(format!(
-                            "msg.headers.{name} must be a string or number, got {}",
-                            other.type_name()
-                        ));
-                    }
-                };
-                let (name, value) = header_pair(name, &text)?;
-                headers.insert(name, value);
-            }
-        }
-        Some(other) => {
-            return Err(format!(
-                "msg.headers must be an object, got {}",
-                other.type_name()
-            ));
-        }
+    for (name, text) in crate::http_response::message_headers(msg)? {
+        let (name, value) = header_pair(&name, &text)?;
+        headers.insert(name, value);
     }
     let mut builder = client.request(method.clone(), url);
     if method != Method::GET && method != Method::HEAD {
@@ -437,14 +417,6 @@ fn redacted(url: &Url) -> String {
         let _ = shown.set_password(None);
     }
     shown.to_string()
-}
-
-fn header_pair(name: &str, value: &str) -> Result<(HeaderName, HeaderValue), String> {
-    let header = HeaderName::from_bytes(name.as_bytes())
-        .map_err(|_| format!("invalid header name {name:?}"))?;
-    let value =
-        HeaderValue::from_str(value).map_err(|_| format!("invalid value for header {name:?}"))?;
-    Ok((header, value))
 }
 
 /// A URL with `{{path}}` (encoded) and `{{{path}}}` (raw) placeholders.

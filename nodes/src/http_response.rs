@@ -104,36 +104,15 @@ impl HttpResponseNode {
             }
         };
         let mut headers = self.headers.clone();
-        match msg.props().get("headers") {
-            None | Some(Value::Null) => {}
-            Some(Value::Object(map)) => {
-                for (name, value) in map.iter() {
-                    let text = match value {
-                        Value::String(s) => s.to_string(),
-                        Value::Number(_) | Value::Bool(_) => value.to_text(),
-                        other => {
-                            return Err(format!(
-                                "msg.headers.{name} must be a string or number, got {}",
-                                other.type_name()
-                            ));
-                        }
-                    };
-                    if is_framing_header(name) {
-                        // msg.headers may hold the answer of an earlier
-                        // http-request: its framing does not fit this body.
-                        continue;
-                    }
-                    let (name, value) =
-                        header_pair(name, &text).map_err(|e| format!("msg.headers: {e}"))?;
-                    headers.insert(name, value);
-                }
+        for (name, text) in message_headers(msg)? {
+            if is_framing_header(&name) {
+                // msg.headers may hold the answer of an earlier
+                // http-request: its framing does not fit this body.
+                continue;
             }
-            Some(other) => {
-                return Err(format!(
-                    "msg.headers must be an object, got {}",
-                    other.type_name()
-                ));
-            }
+            let (name, value) =
+                header_pair(&name, &text).map_err(|e| format!("msg.headers: {e}"))?;
+            headers.insert(name, value);
         }
         let (body, content_type) = body_of(msg.payload());
         if let Some(content_type) = content_type {
@@ -182,7 +161,31 @@ fn valid_status(code: u16) -> Result<StatusCode, String> {
         .map_err(|_| format!("invalid status code {code}, expected a number from 100 to 999"))
 }
 
-fn header_pair(name: &str, value: &str) -> Result<(HeaderName, HeaderValue), String> {
+/// `msg.headers` as (name, text) pairs: an object whose values are strings,
+/// numbers or booleans. Shared with `http-request`.
+pub(crate) fn message_headers(msg: &Msg) -> Result<Vec<(String, String)>, String> {
+    match msg.props().get("headers") {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Object(map)) => map
+            .iter()
+            .map(|(name, value)| match value {
+                Value::String(s) => Ok((name.clone(), s.to_string())),
+                Value::Number(_) | Value::Bool(_) => Ok((name.clone(), value.to_text())),
+                other => Err(format!(
+                    "msg.headers.{name} must be a string or number, got {}",
+                    other.type_name()
+                )),
+            })
+            .collect(),
+        Some(other) => Err(format!(
+            "msg.headers must be an object, got {}",
+            other.type_name()
+        )),
+    }
+}
+
+/// A checked header name and value. Shared with `http-request`.
+pub(crate) fn header_pair(name: &str, value: &str) -> Result<(HeaderName, HeaderValue), String> {
     let header = HeaderName::from_bytes(name.as_bytes())
         .map_err(|_| format!("invalid header name {name:?}"))?;
     let value =
