@@ -32,7 +32,7 @@ use runnel_engine::schemars::{self, JsonSchema};
 use runnel_engine::{BuildCtx, BuildError, ConfigNodeType, Duration};
 use serde::Deserialize;
 
-use crate::mqtt_conn::{self, BrokerHandle, Secret, Settings, TlsFiles, Will};
+use crate::mqtt_conn::{self, BrokerHandle, Protocol, Secret, Settings, TlsFiles, Will};
 
 /// The `mqtt-broker` config node type.
 #[derive(Debug)]
@@ -69,9 +69,20 @@ pub struct MqttBrokerConfig {
     /// messages while runnel is away, which at-least-once delivery needs.
     #[serde(default)]
     pub clean_session: bool,
-    /// MQTT protocol version: only `"3.1.1"` (the default) is supported.
+    /// MQTT protocol version: `"3.1.1"` (the default; `"4"` means the
+    /// same) or `"5"` (also `"5.0"`). MQTT 5 adds message properties
+    /// (`msg.userProperties`, `msg.responseTopic`, `msg.correlationData`,
+    /// `msg.contentType`, `msg.messageExpiryInterval`) on `mqtt-in` and
+    /// `mqtt-out`, and `session_expiry`. Not with `embedded`, which speaks
+    /// MQTT 3.1.1 only.
     #[serde(default)]
     pub protocol: Option<String>,
+    /// MQTT 5 with `clean_session: false`: how long the broker keeps the
+    /// session (subscriptions, queued QoS 1/2 messages) after runnel
+    /// disconnects, e.g. `"7d"` (whole seconds). Default: it never
+    /// expires, like a 3.1.1 persistent session.
+    #[serde(default)]
+    pub session_expiry: Option<Duration>,
     /// Message the broker publishes if runnel disappears without
     /// disconnecting.
     #[serde(default)]
@@ -154,6 +165,29 @@ fn non_empty(value: Option<String>) -> Option<String> {
     value.filter(|v| !v.trim().is_empty())
 }
 
+/// The MQTT 5 session expiry interval in seconds: 0 for a clean session,
+/// `u32::MAX` (never) unless configured.
+fn session_expiry(clean_session: bool, configured: Option<Duration>) -> Result<u32, BuildError> {
+    match (clean_session, configured) {
+        (true, None) => Ok(0),
+        (true, Some(_)) => Err(BuildError::field(
+            "session_expiry",
+            "session_expiry is for persistent sessions; leave it out or set clean_session: false",
+        )),
+        (false, None) => Ok(u32::MAX),
+        (false, Some(duration)) => {
+            let seconds = duration.get().as_secs();
+            if seconds == 0 {
+                return Err(BuildError::field(
+                    "session_expiry",
+                    "session_expiry must be at least 1s (use clean_session: true for a session that ends with the connection)",
+                ));
+            }
+            Ok(u32::try_from(seconds).unwrap_or(u32::MAX))
+        }
+    }
+}
+
 /// `runnel-<flow>-<node>`: the same on every start of the same flow file.
 fn default_client_id(flow: &runnel_engine::FlowId, node: &runnel_engine::NodeId) -> String {
     format!("runnel-{flow}-{node}")
@@ -183,16 +217,29 @@ impl MqttBroker {
                 }
             },
         };
-        if let Some(protocol) = &config.protocol
-            && !matches!(protocol.as_str(), "3.1.1" | "4")
-        {
-            return Err(BuildError::field(
-                "protocol",
-                format!(
-                    "unsupported protocol {protocol:?}, expected \"3.1.1\" (MQTT 5 is not supported yet)"
-                ),
-            ));
-        }
+        let v5 = match config.protocol.as_deref().map(str::trim) {
+            None | Some("3.1.1" | "4") => false,
+            Some("5" | "5.0") => true,
+            Some(other) => {
+                return Err(BuildError::field(
+                    "protocol",
+                    format!("unsupported protocol {other:?}, expected \"3.1.1\" or \"5\""),
+                ));
+            }
+        };
+        let protocol = if v5 {
+            Protocol::V5 {
+                session_expiry: session_expiry(config.clean_session, config.session_expiry)?,
+            }
+        } else {
+            if config.session_expiry.is_some() {
+                return Err(BuildError::field(
+                    "session_expiry",
+                    "session_expiry needs protocol \"5\" (an MQTT 3.1.1 session has no expiry)",
+                ));
+            }
+            Protocol::V311
+        };
         let client_id = non_empty(config.client_id)
             .unwrap_or_else(|| default_client_id(ctx.flow(), ctx.node_id()));
         let username = non_empty(config.username);
@@ -242,6 +289,12 @@ impl MqttBroker {
                 "keepalive must be at least 1s",
             ));
         }
+        if v5 && keepalive < std::time::Duration::from_secs(5) {
+            return Err(BuildError::field(
+                "keepalive",
+                "keepalive must be at least 5s with protocol \"5\"",
+            ));
+        }
         let max_packet_size = config.max_packet_size.unwrap_or(16 * 1024 * 1024);
         if !(1024..=268_435_455).contains(&max_packet_size) {
             return Err(BuildError::field(
@@ -272,6 +325,7 @@ impl MqttBroker {
             password,
             keepalive,
             clean_session: config.clean_session,
+            protocol,
             will,
             tls,
             max_packet_size,
@@ -286,12 +340,22 @@ impl MqttBroker {
 
 impl ConfigNodeType for MqttBroker {
     const TYPE: &'static str = "mqtt-broker";
-    const SUMMARY: &'static str = "An MQTT 3.1.1 broker connection (TLS, credentials, persistent session), shared by mqtt-in and mqtt-out.";
+    const SUMMARY: &'static str = "An MQTT 3.1.1 or 5 broker connection (TLS, credentials, persistent session), shared by mqtt-in and mqtt-out.";
     type Config = MqttBrokerConfig;
     type Handle = BrokerHandle;
 
     fn build(config: Self::Config, ctx: &BuildCtx<'_>) -> Result<Arc<BrokerHandle>, BuildError> {
         if config.embedded.is_some() {
+            if let Some(protocol) = &config.protocol
+                && matches!(protocol.trim(), "5" | "5.0")
+            {
+                return Err(BuildError::field(
+                    "protocol",
+                    format!(
+                        "protocol {protocol:?} with `embedded`: the embedded broker speaks MQTT 3.1.1 only; leave out `protocol`, or connect to an external MQTT 5 broker with `host`"
+                    ),
+                ));
+            }
             return crate::mqtt_embedded::build_handle(config, ctx);
         }
         let settings = MqttBroker::settings(config, ctx)?;
@@ -338,13 +402,50 @@ mod tests {
     fn rejects_bad_fields_with_their_names() {
         let error = load("{id: b, type: mqtt-broker, host: h, port: \"x\"}").unwrap_err();
         assert!(error.contains("port"), "{error}");
-        let error = load("{id: b, type: mqtt-broker, host: h, protocol: \"5\"}").unwrap_err();
-        assert!(error.contains("MQTT 5"), "{error}");
+        let error = load("{id: b, type: mqtt-broker, host: h, protocol: \"3\"}").unwrap_err();
+        assert!(error.contains("protocol"), "{error}");
         let error = load("{id: b, type: mqtt-broker, host: h, hots: x}").unwrap_err();
         assert!(error.contains("hots"), "{error}");
         let error = load("{id: b, type: mqtt-broker, host: h, tls: {ca_file: a, cert_file: c}}")
             .unwrap_err();
         assert!(error.contains("key_file"), "{error}");
+    }
+
+    #[test]
+    fn mqtt5_is_accepted_with_its_own_checks() {
+        load("{id: b, type: mqtt-broker, host: h, protocol: \"5\"}").unwrap();
+        load("{id: b, type: mqtt-broker, host: h, protocol: \"5.0\", session_expiry: 1h}").unwrap();
+        load("{id: b, type: mqtt-broker, host: h, protocol: \"4\"}").unwrap();
+        let error = load("{id: b, type: mqtt-broker, host: h, protocol: \"5\", keepalive: 2s}")
+            .unwrap_err();
+        assert!(error.contains("keepalive"), "{error}");
+        let error = load("{id: b, type: mqtt-broker, host: h, session_expiry: 1h}").unwrap_err();
+        assert!(error.contains("session_expiry"), "{error}");
+        let error = load(
+            "{id: b, type: mqtt-broker, host: h, protocol: \"5\", clean_session: true, session_expiry: 1h}",
+        )
+        .unwrap_err();
+        assert!(error.contains("session_expiry"), "{error}");
+    }
+
+    #[test]
+    fn embedded_broker_refuses_mqtt5_by_field() {
+        let error = load(
+            "{id: b, type: mqtt-broker, protocol: \"5\", embedded: {listen: \"127.0.0.1:0\"}}",
+        )
+        .unwrap_err();
+        assert!(error.contains("protocol"), "{error}");
+        assert!(error.contains("3.1.1 only"), "{error}");
+    }
+
+    #[test]
+    fn session_expiry_defaults_to_never_for_persistent_sessions() {
+        assert_eq!(session_expiry(true, None).unwrap(), 0);
+        assert_eq!(session_expiry(false, None).unwrap(), u32::MAX);
+        let day = Duration(std::time::Duration::from_secs(86_400));
+        assert_eq!(session_expiry(false, Some(day)).unwrap(), 86_400);
+        let zero = Duration(std::time::Duration::from_millis(500));
+        assert!(session_expiry(false, Some(zero)).is_err());
     }
 
     #[test]

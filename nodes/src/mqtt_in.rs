@@ -1,6 +1,10 @@
 //! `mqtt-in`: subscribes to a topic filter on an `mqtt-broker` and sends
 //! every message into the flow, with `msg.topic`, `msg.qos` and
-//! `msg.retain` set.
+//! `msg.retain` set. On an MQTT 5 broker (`protocol: "5"`) the message's
+//! properties are set as in Node-RED, when present: `msg.userProperties`
+//! (an object of strings; a repeated name gives an array),
+//! `msg.responseTopic`, `msg.correlationData` (bytes), `msg.contentType`,
+//! `msg.messageExpiryInterval` (seconds) and `msg.payloadFormatIndicator`.
 //!
 //! ```yaml
 //! - id: sensors
@@ -201,6 +205,10 @@ impl MqttInNode {
         props.insert("topic".to_string(), Value::from(publish.topic.as_str()));
         props.insert("qos".to_string(), Value::from(qos_number(publish.qos)));
         props.insert("retain".to_string(), Value::from(publish.retain));
+        if let Some(properties) = &publish.properties {
+            // MQTT 5: msg.userProperties, msg.responseTopic, ...
+            properties.to_msg(props);
+        }
         msg
     }
 

@@ -15,19 +15,29 @@
 //! has acknowledged it (PUBACK, PUBCOMP); QoS 0 once written to the
 //! network. At most the broker's `max_inflight` messages wait for acks;
 //! beyond that the node waits, and back-pressure reaches upstream.
+//!
+//! On an MQTT 5 broker (`protocol: "5"`) the message's properties are sent
+//! too, named as in Node-RED: `msg.userProperties` (object of strings),
+//! `msg.responseTopic`, `msg.correlationData` (bytes or text),
+//! `msg.contentType`, `msg.messageExpiryInterval` (seconds) and
+//! `msg.payloadFormatIndicator`. The node's own `user_properties`,
+//! `response_topic`, `correlation_data`, `content_type` and
+//! `message_expiry` replace the message's when set. A property of the wrong
+//! type sends the message to `catch` instead of publishing it.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use rumqttc::QoS;
 use runnel_engine::schemars::{self, JsonSchema};
 use runnel_engine::{
-    BuildCtx, BuildError, Msg, NodeCtx, NodeError, NodeSpec, NodeType, TaskNode, Value,
+    BuildCtx, BuildError, Duration, Msg, NodeCtx, NodeError, NodeSpec, NodeType, TaskNode, Value,
 };
 use serde::Deserialize;
 
 use crate::mqtt_broker::MqttBroker;
-use crate::mqtt_conn::{self, BrokerHandle, PublishError};
+use crate::mqtt_conn::{self, BrokerHandle, Properties, Protocol, PublishError};
 use crate::mqtt_in::QosValue;
 
 /// The `mqtt-out` node type.
@@ -49,6 +59,27 @@ pub struct MqttOutConfig {
     /// Retain flag. When absent, `msg.retain` is used, else false.
     #[serde(default)]
     pub retain: Option<bool>,
+    /// MQTT 5 user properties (name: text) sent with every message,
+    /// instead of `msg.userProperties`. Needs `protocol: "5"` on the broker,
+    /// like the properties below.
+    #[serde(default)]
+    pub user_properties: Option<BTreeMap<String, String>>,
+    /// MQTT 5 response topic, instead of `msg.responseTopic`.
+    #[serde(default)]
+    pub response_topic: Option<String>,
+    /// MQTT 5 correlation data (sent as the text's UTF-8 bytes), instead of
+    /// `msg.correlationData`.
+    #[serde(default)]
+    pub correlation_data: Option<String>,
+    /// MQTT 5 content type (e.g. `application/json`), instead of
+    /// `msg.contentType`.
+    #[serde(default)]
+    pub content_type: Option<String>,
+    /// MQTT 5 message expiry interval (e.g. `"10m"`, whole seconds): the
+    /// broker discards the message if it cannot deliver it by then.
+    /// Instead of `msg.messageExpiryInterval`.
+    #[serde(default)]
+    pub message_expiry: Option<Duration>,
 }
 
 struct MqttOutNode {
@@ -57,6 +88,52 @@ struct MqttOutNode {
     qos: Option<QoS>,
     retain: Option<bool>,
     max_packet: usize,
+    /// MQTT 5 connection: send properties.
+    v5: bool,
+    /// Properties from the config, which replace the message's.
+    overrides: Properties,
+}
+
+/// What one message publishes.
+struct Prepared {
+    topic: String,
+    qos: QoS,
+    retain: bool,
+    payload: Bytes,
+    properties: Option<Properties>,
+}
+
+/// The MQTT 5 properties set in the config; an error names the field.
+fn config_properties(config: &MqttOutConfig) -> Result<Properties, BuildError> {
+    let response_topic = config.response_topic.clone().filter(|t| !t.is_empty());
+    if let Some(topic) = &response_topic {
+        mqtt_conn::check_topic(topic).map_err(|e| BuildError::field("response_topic", e))?;
+    }
+    let message_expiry_interval = match config.message_expiry {
+        None => None,
+        Some(duration) => Some(u32::try_from(duration.get().as_secs()).map_err(|_| {
+            BuildError::field(
+                "message_expiry",
+                "message_expiry is above 4294967295 seconds",
+            )
+        })?),
+    };
+    Ok(Properties {
+        user: config
+            .user_properties
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        response_topic,
+        correlation_data: config
+            .correlation_data
+            .as_ref()
+            .map(|text| Bytes::copy_from_slice(text.as_bytes())),
+        content_type: config.content_type.clone(),
+        message_expiry_interval,
+        payload_format_indicator: None,
+    })
 }
 
 impl NodeType for MqttOut {
@@ -66,12 +143,34 @@ impl NodeType for MqttOut {
 
     fn build(config: MqttOutConfig, ctx: &BuildCtx<'_>) -> Result<NodeSpec, BuildError> {
         let broker = ctx.config::<MqttBroker>("broker", &config.broker)?;
-        let topic = config.topic.filter(|t| !t.is_empty());
+        let overrides = config_properties(&config)?;
+        let topic = config.topic.clone().filter(|t| !t.is_empty());
         if let Some(topic) = &topic {
             mqtt_conn::check_topic(topic).map_err(|e| BuildError::field("topic", e))?;
         }
         let qos = config.qos.as_ref().map(|q| q.parse("qos")).transpose()?;
         let max_packet = broker.settings().max_packet_size;
+        let v5 = matches!(broker.settings().protocol, Protocol::V5 { .. })
+            && broker.embedded().is_none();
+        if !v5 && !overrides.is_empty() {
+            let field = [
+                ("user_properties", config.user_properties.is_some()),
+                ("response_topic", config.response_topic.is_some()),
+                ("correlation_data", config.correlation_data.is_some()),
+                ("content_type", config.content_type.is_some()),
+                ("message_expiry", config.message_expiry.is_some()),
+            ]
+            .into_iter()
+            .find_map(|(field, set)| set.then_some(field))
+            .unwrap_or("user_properties");
+            return Err(BuildError::field(
+                field,
+                format!(
+                    "`{field}` is an MQTT 5 property: set protocol: \"5\" on the mqtt-broker {:?}",
+                    config.broker
+                ),
+            ));
+        }
         Ok(NodeSpec::task(
             true,
             0,
@@ -81,6 +180,8 @@ impl NodeType for MqttOut {
                 qos,
                 retain: config.retain,
                 max_packet,
+                v5,
+                overrides,
             },
         ))
     }
@@ -97,8 +198,9 @@ pub(crate) fn encode(payload: &Value) -> Bytes {
 }
 
 impl MqttOutNode {
-    /// Topic, QoS, retain and payload for `msg`, or what is wrong with it.
-    fn prepare(&self, msg: &Msg) -> Result<(String, QoS, bool, Bytes), String> {
+    /// Topic, QoS, retain, payload and properties for `msg`, or what is
+    /// wrong with it.
+    fn prepare(&self, msg: &Msg) -> Result<Prepared, String> {
         let topic = match (&self.topic, msg.topic()) {
             (Some(topic), _) => topic.clone(),
             (None, Some(topic)) => {
@@ -130,16 +232,35 @@ impl MqttOutNode {
                 .and_then(Value::as_bool)
                 .unwrap_or(false),
         };
+        let properties = if self.v5 {
+            let mut properties = Properties::from_msg(msg)?;
+            properties.override_with(&self.overrides);
+            (!properties.is_empty()).then_some(properties)
+        } else {
+            None
+        };
         let payload = encode(msg.payload());
-        // Fixed header (5) + topic length (2) + topic + packet id (2).
-        let size = payload.len() + topic.len() + 9;
+        // Fixed header (5) + topic length (2) + topic + packet id (2), and
+        // on MQTT 5 the properties (their length at least 1 byte).
+        let size = payload.len()
+            + topic.len()
+            + 9
+            + properties
+                .as_ref()
+                .map_or(usize::from(self.v5), Properties::encoded_len);
         if size > self.max_packet {
             return Err(format!(
                 "message of {size} bytes is larger than the broker's max_packet_size ({} bytes)",
                 self.max_packet
             ));
         }
-        Ok((topic, qos, retain, payload))
+        Ok(Prepared {
+            topic,
+            qos,
+            retain,
+            payload,
+            properties,
+        })
     }
 }
 
@@ -147,19 +268,31 @@ impl MqttOutNode {
 impl TaskNode for MqttOutNode {
     async fn run(self: Box<Self>, ctx: &mut NodeCtx) -> Result<(), NodeError> {
         if let Some(embedded) = self.broker.embedded() {
-            return crate::mqtt_embedded::run_out(ctx, embedded, |msg| self.prepare(msg)).await;
+            return crate::mqtt_embedded::run_out(ctx, embedded, |msg| {
+                self.prepare(msg)
+                    .map(|p| (p.topic, p.qos, p.retain, p.payload))
+            })
+            .await;
         }
         let lease = self.broker.attach(ctx.monitor().clone());
         while let Some(msg) = ctx.recv().await {
-            let (topic, qos, retain, payload) = match self.prepare(&msg) {
+            let prepared = match self.prepare(&msg) {
                 Ok(prepared) => prepared,
                 Err(error) => {
                     ctx.report_error(NodeError::new(error).with_msg(msg));
                     continue;
                 }
             };
-            if let Err(PublishError::Closed(msg)) =
-                lease.publish(topic, qos, retain, payload, msg).await
+            let Prepared {
+                topic,
+                qos,
+                retain,
+                payload,
+                properties,
+            } = prepared;
+            if let Err(PublishError::Closed(msg)) = lease
+                .publish(topic, qos, retain, payload, properties, msg)
+                .await
             {
                 ctx.report_error(
                     NodeError::new("the broker connection is closed; message not sent")

@@ -19,6 +19,11 @@
 //!   ids inside its event loop, so [`OutState`] learns them from the
 //!   `Outgoing::Publish(pkid)` events, which come in request order.
 //!
+//! MQTT 3.1.1 and MQTT 5 share all of this: `client` puts rumqttc's two
+//! clients behind one type, `proto` maps their events and errors to what
+//! the driver (`driver`) acts on, and `props` carries MQTT 5 message
+//! properties between the wire and `msg.*`.
+//!
 //! The driver never blocks on anything but the network: subscriptions are
 //! pushed straight into the event loop's pending queue, acknowledgements go
 //! through a separate task, and deliveries to `mqtt-in` go into unbounded
@@ -33,20 +38,23 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use rumqttc::{
-    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, LastWill, MqttOptions,
-    Outgoing, Packet, Publish, QoS, Request, Subscribe, SubscribeFilter, SubscribeReasonCode,
-    TlsConfiguration, Transport,
-};
+use rumqttc::QoS;
 use runnel_engine::schemars::{self, JsonSchema};
 use runnel_engine::{Msg, NodeId, NodeMonitor, NodeStatus};
 
 mod backoff;
+mod client;
+mod driver;
 mod out;
+mod props;
+mod proto;
 mod topic;
 
-use backoff::Jitter;
+use client::Client;
+use driver::{ConnState, Driver};
 use out::{Held, OutState};
+pub(crate) use props::Properties;
+pub(crate) use proto::{Incoming, Protocol};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 pub(crate) use topic::{check_filter, check_topic, qos_from, topic_matches};
@@ -89,6 +97,8 @@ pub(crate) struct Settings {
     pub password: Option<Secret>,
     pub keepalive: Duration,
     pub clean_session: bool,
+    /// MQTT 3.1.1 or 5 (with its session expiry interval).
+    pub protocol: Protocol,
     pub will: Option<Will>,
     pub tls: Option<TlsFiles>,
     pub max_packet_size: usize,
@@ -101,7 +111,7 @@ pub(crate) struct Settings {
 
 /// One incoming publish, as handed to an `mqtt-in` node.
 pub(crate) struct Delivery {
-    pub publish: Arc<Publish>,
+    pub publish: Arc<Incoming>,
     ack: Option<Arc<AckState>>,
     completed: bool,
 }
@@ -139,9 +149,11 @@ impl Drop for Delivery {
         if ack.remaining.fetch_sub(1, Ordering::AcqRel) == 1
             && !ack.abandoned.load(Ordering::Acquire)
         {
-            let _ = ack
-                .tx
-                .send(AckCmd::Ack(ack.generation, ack.publish.clone()));
+            let _ = ack.tx.send(AckCmd::Ack {
+                generation: ack.generation,
+                qos: ack.qos,
+                pkid: ack.pkid,
+            });
         }
     }
 }
@@ -150,15 +162,19 @@ struct AckState {
     remaining: AtomicUsize,
     abandoned: AtomicBool,
     generation: u64,
-    /// The publish without its payload (acks need only qos and pkid).
-    publish: Publish,
+    qos: QoS,
+    pkid: u16,
     tx: mpsc::UnboundedSender<AckCmd>,
 }
 
 /// What the acker task does next.
 enum AckCmd {
-    /// Acknowledge this publish, received on connection `generation`.
-    Ack(u64, Publish),
+    /// Acknowledge publish `pkid`, received on connection `generation`.
+    Ack {
+        generation: u64,
+        qos: QoS,
+        pkid: u16,
+    },
     /// Every earlier ack is in rumqttc's queue: disconnect after them.
     Disconnect,
 }
@@ -178,6 +194,25 @@ struct Route {
 pub(crate) struct SubscriptionRx {
     pub rx: mpsc::UnboundedReceiver<Delivery>,
     queued: Arc<AtomicUsize>,
+    /// The handle's routes: dropping this removes its route, so that a node
+    /// removed by a partial redeploy (the connection stays up for the
+    /// others) leaves nothing routed to a receiver nobody reads.
+    routes: Weak<Mutex<Vec<Route>>>,
+}
+
+impl Drop for SubscriptionRx {
+    fn drop(&mut self) {
+        let Some(routes) = self.routes.upgrade() else {
+            return;
+        };
+        let mut routes = match routes.lock() {
+            Ok(routes) => routes,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        // Only this subscription's own route: a replacement declared by a
+        // rebuilt node of the same id stays.
+        routes.retain(|r| !Arc::ptr_eq(&r.queued, &self.queued));
+    }
 }
 
 impl SubscriptionRx {
@@ -267,7 +302,11 @@ impl BrokerHandle {
             routes.push(route);
         }
         self.routes_version.fetch_add(1, Ordering::AcqRel);
-        SubscriptionRx { rx, queued }
+        SubscriptionRx {
+            rx,
+            queued,
+            routes: Arc::downgrade(&self.routes),
+        }
     }
 
     /// Takes a lease on the connection, starting it if no node holds one.
@@ -336,13 +375,15 @@ pub(crate) enum PublishError {
 impl Lease {
     /// Publishes, holding `msg` until the broker has acknowledged the
     /// publish (QoS 1/2) or it was written to the network (QoS 0). Waits
-    /// while `max_inflight` messages are held (back-pressure).
+    /// while `max_inflight` messages are held (back-pressure). `properties`
+    /// are sent on an MQTT 5 connection only.
     pub async fn publish(
         &self,
         topic: String,
         qos: QoS,
         retain: bool,
         payload: Bytes,
+        properties: Option<Properties>,
         msg: Msg,
     ) -> Result<(), PublishError> {
         let connection = &self.connection;
@@ -358,7 +399,7 @@ impl Lease {
         });
         if let Err(error) = connection
             .client
-            .publish_bytes(topic, qos, retain, payload)
+            .publish(topic, qos, retain, payload, properties)
             .await
         {
             tracing::debug!(error = %error, "publish request not accepted");
@@ -377,17 +418,10 @@ impl Lease {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum ConnState {
-    Connecting,
-    Connected,
-    Disconnected,
-}
-
 /// A live connection: the client, the driver task and what it shares.
 struct Connection {
     client_id: String,
-    client: AsyncClient,
+    client: Client,
     out: Arc<OutState>,
     inflight: Arc<Semaphore>,
     send_lock: tokio::sync::Mutex<()>,
@@ -410,8 +444,7 @@ impl Connection {
         routes: Arc<Mutex<Vec<Route>>>,
         routes_version: Arc<AtomicU64>,
     ) -> Arc<Connection> {
-        let options = mqtt_options(&settings);
-        let (client, eventloop) = AsyncClient::new(options, 256);
+        let (client, eventloop) = client::new_connection(&settings);
         let (ack_tx, ack_rx) = mpsc::unbounded_channel();
         let (state, _) = watch::channel(ConnState::Connecting);
         let cancel = CancellationToken::new();
@@ -444,7 +477,6 @@ impl Connection {
             state,
             generation: generation.clone(),
             cancel,
-            snapshot: Vec::new(),
             qos0_dropped: 0,
         };
         let previous = claim_client_id(&driver.settings.client_id);
@@ -484,402 +516,29 @@ fn claim_client_id(client_id: &str) -> (Option<Finished>, watch::Sender<bool>) {
 /// drains. Acks of an earlier connection are skipped: the broker
 /// redelivers those messages on the new one.
 async fn acker(
-    client: AsyncClient,
+    client: Client,
     mut rx: mpsc::UnboundedReceiver<AckCmd>,
     generation: Arc<AtomicU64>,
 ) {
     while let Some(cmd) = rx.recv().await {
-        let (of, publish) = match cmd {
-            AckCmd::Ack(of, publish) => (of, publish),
+        let (of, qos, pkid) = match cmd {
+            AckCmd::Ack {
+                generation,
+                qos,
+                pkid,
+            } => (generation, qos, pkid),
             AckCmd::Disconnect => {
-                let _ = client.disconnect().await;
+                client.disconnect().await;
                 return;
             }
         };
         if of != generation.load(Ordering::Acquire) {
-            tracing::debug!(
-                pkid = publish.pkid,
-                "skipping ack from an earlier connection"
-            );
+            tracing::debug!(pkid, "skipping ack from an earlier connection");
             continue;
         }
-        if client.ack(&publish).await.is_err() {
+        if !client.ack(qos, pkid).await {
             return;
         }
-    }
-}
-
-fn mqtt_options(settings: &Settings) -> MqttOptions {
-    let mut options = MqttOptions::new(&settings.client_id, &settings.host, settings.port);
-    options
-        .set_keep_alive(settings.keepalive.max(Duration::from_secs(1)))
-        .set_manual_acks(true)
-        .set_inflight(settings.max_inflight.saturating_add(1).max(2))
-        .set_max_packet_size(settings.max_packet_size, settings.max_packet_size);
-    // rumqttc panics when clean_session is false with an empty client id;
-    // the config always derives a non-empty one.
-    if !settings.client_id.is_empty() {
-        options.set_clean_session(settings.clean_session);
-    }
-    if let Some(username) = &settings.username {
-        let password = settings
-            .password
-            .as_ref()
-            .map(|p| p.0.clone())
-            .unwrap_or_default();
-        options.set_credentials(username.clone(), password);
-    }
-    if let Some(will) = &settings.will {
-        options.set_last_will(LastWill::new(
-            will.topic.clone(),
-            will.payload.clone().into_bytes(),
-            will.qos,
-            will.retain,
-        ));
-    }
-    options
-}
-
-fn read_tls(files: &TlsFiles) -> Result<Transport, String> {
-    // rustls' ClientConfig::builder() (inside rumqttc) panics when more
-    // than one crypto provider is compiled in (other crates of the binary
-    // may enable ring next to aws-lc-rs) and none is installed. Installing
-    // fails harmlessly when one already is.
-    let _ = rumqttc::tokio_rustls::rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let ca = std::fs::read(&files.ca_file)
-        .map_err(|e| format!("cannot read tls.ca_file {}: {e}", files.ca_file))?;
-    let client_auth = match (&files.client_cert_file, &files.client_key_file) {
-        (Some(cert), Some(key)) => {
-            let cert_pem = std::fs::read(cert)
-                .map_err(|e| format!("cannot read tls.cert_file {cert}: {e}"))?;
-            let key_pem =
-                std::fs::read(key).map_err(|e| format!("cannot read tls.key_file {key}: {e}"))?;
-            Some((cert_pem, key_pem))
-        }
-        _ => None,
-    };
-    Ok(Transport::Tls(TlsConfiguration::Simple {
-        ca,
-        alpn: None,
-        client_auth,
-    }))
-}
-
-/// Owns the event loop.
-struct Driver {
-    settings: Settings,
-    eventloop: EventLoop,
-    out: Arc<OutState>,
-    routes: Arc<Mutex<Vec<Route>>>,
-    routes_version: Arc<AtomicU64>,
-    subscribed_version: u64,
-    subscribed: Vec<String>,
-    ack_tx: mpsc::UnboundedSender<AckCmd>,
-    broker_monitor: Arc<NodeMonitor>,
-    monitors: Arc<Mutex<Vec<Arc<NodeMonitor>>>>,
-    status: Arc<Mutex<NodeStatus>>,
-    state: watch::Sender<ConnState>,
-    generation: Arc<AtomicU64>,
-    cancel: CancellationToken,
-    /// rumqttc's pending queue as it was before connecting: restored when
-    /// the broker has no session for us (rumqttc then drops it).
-    snapshot: Vec<Request>,
-    qos0_dropped: u64,
-}
-
-impl Driver {
-    fn set_status(&self, status: NodeStatus) {
-        self.broker_monitor.set_status(status.clone());
-        if let Ok(monitors) = self.monitors.lock() {
-            for monitor in monitors.iter() {
-                monitor.set_status(status.clone());
-            }
-        }
-        if let Ok(mut slot) = self.status.lock() {
-            *slot = status;
-        }
-    }
-
-    async fn run(mut self, (previous, done): (Option<Finished>, watch::Sender<bool>)) {
-        if let Some(mut previous) = previous {
-            // A redeploy: the old connection with this client id is closing.
-            let wait = previous.wait_for(|finished| *finished);
-            let _ = tokio::time::timeout(Duration::from_secs(5), wait).await;
-        }
-        if let Some(tls) = &self.settings.tls {
-            match read_tls(tls) {
-                Ok(transport) => {
-                    self.eventloop.mqtt_options.set_transport(transport);
-                }
-                Err(error) => {
-                    tracing::error!(client_id = %self.settings.client_id, error = %error, "mqtt tls setup failed");
-                    self.set_status(NodeStatus::error(error));
-                    self.cancel.cancelled().await;
-                    let _ = done.send(true);
-                    return;
-                }
-            }
-        }
-        let mut network = self.eventloop.network_options();
-        network.set_tcp_nodelay(true);
-        network.set_connection_timeout(self.settings.connect_timeout.as_secs().max(1));
-        self.eventloop.set_network_options(network);
-
-        self.set_status(NodeStatus::pending("connecting"));
-        let mut failures: u32 = 0;
-        let mut rng = Jitter::new(&self.settings.client_id);
-        loop {
-            if self.eventloop.network.is_none() {
-                self.snapshot = self.eventloop.pending.iter().cloned().collect();
-            }
-            let event = tokio::select! {
-                biased;
-                () = self.cancel.cancelled() => break,
-                event = self.eventloop.poll() => event,
-            };
-            match event {
-                Ok(event) => {
-                    failures = 0;
-                    self.on_event(event);
-                    self.sync_subscriptions();
-                }
-                Err(error) => {
-                    failures = failures.saturating_add(1);
-                    let delay = rng.backoff(
-                        failures,
-                        self.settings.reconnect_min,
-                        self.settings.reconnect_max,
-                    );
-                    self.on_error(&error, delay);
-                    tokio::select! {
-                        () = self.cancel.cancelled() => break,
-                        () = tokio::time::sleep(delay) => {}
-                    }
-                }
-            }
-        }
-        self.shutdown().await;
-        let _ = done.send(true);
-    }
-
-    async fn shutdown(&mut self) {
-        if self.eventloop.network.is_some() {
-            // Acks of messages the flow finished while stopping go out
-            // first; the acker sends DISCONNECT after them.
-            let _ = self.ack_tx.send(AckCmd::Disconnect);
-            let deadline = tokio::time::sleep(Duration::from_secs(2));
-            tokio::pin!(deadline);
-            loop {
-                tokio::select! {
-                    () = &mut deadline => break,
-                    event = self.eventloop.poll() => match event {
-                        Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
-                        Ok(_) => {}
-                    },
-                }
-            }
-        }
-        let dropped = self.out.clear();
-        self.set_status(NodeStatus::error("disconnected"));
-        self.state.send_replace(ConnState::Disconnected);
-        tracing::info!(
-            client_id = %self.settings.client_id,
-            unacknowledged_outgoing = dropped,
-            "mqtt connection closed"
-        );
-    }
-
-    fn on_error(&mut self, error: &ConnectionError, delay: Duration) {
-        let was_connected = *self.state.borrow() == ConnState::Connected;
-        self.state.send_replace(ConnState::Disconnected);
-        let text = describe_error(error);
-        let host = &self.settings.host;
-        let port = self.settings.port;
-        if matches!(error, ConnectionError::ConnectionRefused(_)) {
-            tracing::error!(client_id = %self.settings.client_id, host = %host, port, error = %text, retry_in_ms = delay.as_millis() as u64, "mqtt connection refused");
-        } else if was_connected {
-            tracing::warn!(client_id = %self.settings.client_id, host = %host, port, error = %text, retry_in_ms = delay.as_millis() as u64, "mqtt connection lost");
-        } else {
-            tracing::warn!(client_id = %self.settings.client_id, host = %host, port, error = %text, retry_in_ms = delay.as_millis() as u64, "mqtt connect failed");
-        }
-        self.set_status(NodeStatus::error(format!("disconnected: {text}")));
-    }
-
-    fn on_event(&mut self, event: Event) {
-        match event {
-            Event::Incoming(Packet::ConnAck(connack)) => {
-                let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
-                if !connack.session_present && !self.snapshot.is_empty() {
-                    // rumqttc dropped its pending queue (unacknowledged
-                    // publishes, requests queued at the disconnect): the
-                    // broker has no session, so send them again.
-                    let restored: Vec<Request> = std::mem::take(&mut self.snapshot)
-                        .into_iter()
-                        .filter(|r| matches!(r, Request::Publish(_) | Request::PubRel(_)))
-                        .collect();
-                    tracing::info!(client_id = %self.settings.client_id, requests = restored.len(), "no session on the broker; resending unacknowledged publishes");
-                    self.eventloop.pending.extend(restored);
-                }
-                self.snapshot.clear();
-                tracing::info!(
-                    client_id = %self.settings.client_id,
-                    host = %self.settings.host,
-                    port = self.settings.port,
-                    session_present = connack.session_present,
-                    generation,
-                    "mqtt connected"
-                );
-                self.set_status(NodeStatus::ok("connected"));
-                self.state.send_replace(ConnState::Connected);
-                // Subscribe again on every connection, session or not.
-                self.subscribed_version = u64::MAX;
-            }
-            Event::Incoming(Packet::Publish(publish)) => self.route(publish),
-            Event::Incoming(Packet::PubAck(ack)) => self.out.acknowledged(ack.pkid),
-            Event::Incoming(Packet::PubComp(comp)) => self.out.acknowledged(comp.pkid),
-            Event::Incoming(Packet::SubAck(suback)) => {
-                for (code, filter) in suback.return_codes.iter().zip(&self.subscribed) {
-                    match code {
-                        SubscribeReasonCode::Success(qos) => {
-                            tracing::debug!(client_id = %self.settings.client_id, filter = %filter, granted_qos = *qos as u8, "mqtt subscribed");
-                        }
-                        SubscribeReasonCode::Failure => {
-                            tracing::error!(client_id = %self.settings.client_id, filter = %filter, "mqtt subscription refused by the broker");
-                            if let Ok(routes) = self.routes.lock() {
-                                for route in routes.iter().filter(|r| &r.filter == filter) {
-                                    route
-                                        .monitor
-                                        .set_status(NodeStatus::error("subscription refused"));
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-            Event::Outgoing(Outgoing::Publish(pkid)) => self.out.sent(pkid),
-            Event::Outgoing(Outgoing::AwaitAck(pkid)) => self.out.collided(pkid),
-            _ => {}
-        }
-    }
-
-    /// Subscribes every declared filter when connected and the declared set
-    /// changed (or after a reconnect). Pushed into rumqttc's pending queue:
-    /// the driver must never wait on its own request channel.
-    fn sync_subscriptions(&mut self) {
-        if *self.state.borrow() != ConnState::Connected {
-            return;
-        }
-        let version = self.routes_version.load(Ordering::Acquire);
-        if version == self.subscribed_version {
-            return;
-        }
-        self.subscribed_version = version;
-        let filters: Vec<SubscribeFilter> = match self.routes.lock() {
-            Ok(routes) => {
-                let mut seen: HashMap<&str, QoS> = HashMap::new();
-                for route in routes.iter() {
-                    let qos = seen.entry(route.filter.as_str()).or_insert(route.qos);
-                    if (route.qos as u8) > (*qos as u8) {
-                        *qos = route.qos;
-                    }
-                }
-                seen.into_iter()
-                    .map(|(filter, qos)| SubscribeFilter::new(filter.to_string(), qos))
-                    .collect()
-            }
-            Err(_) => return,
-        };
-        if filters.is_empty() {
-            return;
-        }
-        self.subscribed = filters.iter().map(|f| f.path.clone()).collect();
-        self.eventloop
-            .pending
-            .push_back(Request::Subscribe(Subscribe::new_many(filters)));
-    }
-
-    fn route(&mut self, publish: Publish) {
-        let publish = Arc::new(publish);
-        let Ok(routes) = self.routes.lock() else {
-            return;
-        };
-        let targets: Vec<&Route> = routes
-            .iter()
-            .filter(|r| topic_matches(&r.filter, &publish.topic))
-            .collect();
-        let needs_ack = publish.qos != QoS::AtMostOnce;
-        if targets.is_empty() {
-            if needs_ack {
-                // A subscription left in the persistent session by a node
-                // that is no longer deployed: acknowledge and drop.
-                tracing::warn!(client_id = %self.settings.client_id, topic = %publish.topic, "mqtt message matches no mqtt-in node; acknowledged and dropped");
-                let _ = self.ack_tx.send(AckCmd::Ack(
-                    self.generation.load(Ordering::Acquire),
-                    ack_only(&publish),
-                ));
-            }
-            return;
-        }
-        let ack = needs_ack.then(|| {
-            Arc::new(AckState {
-                remaining: AtomicUsize::new(targets.len()),
-                abandoned: AtomicBool::new(false),
-                generation: self.generation.load(Ordering::Acquire),
-                publish: ack_only(&publish),
-                tx: self.ack_tx.clone(),
-            })
-        });
-        for route in targets {
-            if !needs_ack && route.queued.load(Ordering::Acquire) >= self.settings.qos0_buffer {
-                route.monitor.count_dropped(1);
-                self.qos0_dropped += 1;
-                if self.qos0_dropped.is_power_of_two() {
-                    tracing::warn!(client_id = %self.settings.client_id, node = %route.node, dropped_total = self.qos0_dropped, "mqtt-in queue full; dropping qos 0 messages");
-                }
-                continue;
-            }
-            route.queued.fetch_add(1, Ordering::AcqRel);
-            let delivery = Delivery {
-                publish: publish.clone(),
-                ack: ack.clone(),
-                completed: false,
-            };
-            if route.tx.send(delivery).is_err() {
-                route.queued.fetch_sub(1, Ordering::AcqRel);
-            }
-        }
-    }
-}
-
-fn ack_only(publish: &Publish) -> Publish {
-    Publish {
-        dup: false,
-        qos: publish.qos,
-        retain: false,
-        topic: String::new(),
-        pkid: publish.pkid,
-        payload: Bytes::new(),
-    }
-}
-
-/// A readable reason for a connection error; refused connects say why.
-pub(crate) fn describe_error(error: &ConnectionError) -> String {
-    match error {
-        ConnectionError::ConnectionRefused(code) => {
-            let why = match code {
-                ConnectReturnCode::BadUserNamePassword => "bad user name or password",
-                ConnectReturnCode::NotAuthorized => "not authorized",
-                ConnectReturnCode::BadClientId => "client id rejected",
-                ConnectReturnCode::RefusedProtocolVersion => "protocol version not supported",
-                ConnectReturnCode::ServiceUnavailable => "service unavailable",
-                ConnectReturnCode::Success => "success",
-            };
-            format!("broker refused the connection: {why}")
-        }
-        ConnectionError::Io(io) => format!("network error: {io}"),
-        ConnectionError::NetworkTimeout => "connect timed out".to_string(),
-        ConnectionError::MqttState(state) => format!("protocol error: {state}"),
-        other => other.to_string(),
     }
 }
 
