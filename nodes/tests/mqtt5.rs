@@ -7,9 +7,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -18,76 +17,14 @@ use bytes::Bytes;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish, PublishProperties};
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
-use runnel_engine::schemars::{self, JsonSchema};
 use runnel_engine::testing::{Collect, collect};
-use runnel_engine::{
-    BuildCtx, BuildError, Engine, EngineSettings, EngineShared, Msg, NodeError, NodeSpec, NodeType,
-    Out, Registry, SyncNode, Value,
-};
-use serde::Deserialize;
+use runnel_engine::{Engine, EngineSettings, EngineShared, Msg, Registry, Value};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::watch;
 
-const GUARD: Duration = Duration::from_secs(30);
+mod common;
 
-// ---------------------------------------------------------------- broker
-
-struct Mosquitto {
-    port: u16,
-    dir: tempfile::TempDir,
-    child: Child,
-}
-
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
-
-impl Mosquitto {
-    fn start() -> Mosquitto {
-        assert!(
-            Command::new("mosquitto").arg("-h").output().is_ok(),
-            "mosquitto is not installed: apt-get install -y mosquitto mosquitto-clients"
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        // `user root`: see nodes/tests/mqtt.rs (log file in our temp dir).
-        let conf = format!(
-            "user root\nlistener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\nlog_dest file {}\nlog_type all\n",
-            dir.path().join("mosquitto.log").display()
-        );
-        std::fs::write(dir.path().join("mosquitto.conf"), conf).unwrap();
-        let child = Command::new("mosquitto")
-            .arg("-c")
-            .arg(dir.path().join("mosquitto.conf"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let broker = Mosquitto { port, dir, child };
-        let deadline = std::time::Instant::now() + GUARD;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "mosquitto did not start:\n{}",
-                broker.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        broker
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::{BrokerOpts, GUARD, Hold, Mosquitto, free_port, hold};
 
 // ---------------------------------------------------------- outside client
 
@@ -204,57 +141,6 @@ async fn wait_flow_subscribed(publisher: &Outside, topic: &str, seen: &mut Unbou
 
 // ---------------------------------------------------------------- engine
 
-/// A sink that hands messages to the test with their tracker: they stay
-/// unfinished (unacknowledged) until the test drops them.
-struct Hold;
-
-#[derive(Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-struct HoldConfig {
-    channel: String,
-}
-
-type HoldChannels = std::sync::Mutex<HashMap<String, tokio::sync::mpsc::UnboundedSender<Msg>>>;
-
-fn hold_channels() -> &'static HoldChannels {
-    static CHANNELS: std::sync::OnceLock<HoldChannels> = std::sync::OnceLock::new();
-    CHANNELS.get_or_init(Default::default)
-}
-
-fn hold(channel: &str) -> UnboundedReceiver<Msg> {
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    hold_channels()
-        .lock()
-        .unwrap()
-        .insert(channel.to_string(), tx);
-    rx
-}
-
-struct HoldNode(Option<tokio::sync::mpsc::UnboundedSender<Msg>>);
-
-impl SyncNode for HoldNode {
-    fn on_msg(&mut self, msg: Msg, _: &mut Out) -> Result<(), NodeError> {
-        if let Some(tx) = &self.0 {
-            let _ = tx.send(msg);
-        }
-        Ok(())
-    }
-}
-
-impl NodeType for Hold {
-    const TYPE: &'static str = "t-hold";
-    const SUMMARY: &'static str = "test sink keeping messages unfinished";
-    type Config = HoldConfig;
-    fn build(config: HoldConfig, _: &BuildCtx<'_>) -> Result<NodeSpec, BuildError> {
-        let tx = hold_channels()
-            .lock()
-            .unwrap()
-            .get(&config.channel)
-            .cloned();
-        Ok(NodeSpec::sync(0, HoldNode(tx)))
-    }
-}
-
 fn registry() -> Arc<Registry> {
     let mut registry = Registry::new();
     runnel_nodes::register_all(&mut registry);
@@ -271,7 +157,14 @@ fn engine() -> Arc<Engine> {
 }
 
 async fn deploy(engine: &Engine, name: &str, yaml: &str, port: u16) {
-    let env: HashMap<String, String> = [("PORT".to_string(), port.to_string())].into();
+    deploy_with(engine, name, yaml, &[("PORT", &port.to_string())]).await;
+}
+
+async fn deploy_with(engine: &Engine, name: &str, yaml: &str, env: &[(&str, &str)]) {
+    let env: HashMap<String, String> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     let flow = engine
         .loader()
         .load_with_env(Path::new(&format!("{name}.yaml")), yaml, &env)
@@ -305,7 +198,7 @@ fn n_of(msg: &Msg) -> i64 {
 
 #[tokio::test]
 async fn qos1_in_and_out_over_mqtt5() {
-    let broker = Mosquitto::start();
+    let broker = Mosquitto::start(BrokerOpts::default());
     let port = broker.port;
     let mut seen = collect("v5-qos1");
     let mut sink = outside(port, Some("v5out/#"));
@@ -367,7 +260,7 @@ nodes:
 
 #[tokio::test]
 async fn mqtt5_properties_round_trip_through_in_and_out() {
-    let broker = Mosquitto::start();
+    let broker = Mosquitto::start(BrokerOpts::default());
     let port = broker.port;
     let mut seen = collect("v5-props");
     let mut sink = outside(port, Some("props-out/#"));
@@ -474,13 +367,20 @@ nodes:
 /// runnel dies (its runtime is torn down: no DISCONNECT, no acks) while it
 /// holds unfinished QoS 1 messages: the MQTT 5 session outlives the
 /// connection (session expiry) and the next start receives them again.
+/// The broker publishes runnel's last will (retained, so the second life
+/// can check it).
 #[test]
 fn unfinished_messages_are_redelivered_after_a_crash_on_mqtt5() {
-    let broker = Mosquitto::start();
+    let broker = Mosquitto::start(BrokerOpts::default());
     let port = broker.port;
     let flow = r#"
 config:
-  - {id: broker, type: mqtt-broker, host: 127.0.0.1, port: "${PORT}", protocol: "5"}
+  - id: broker
+    type: mqtt-broker
+    host: 127.0.0.1
+    port: "${PORT}"
+    protocol: "5"
+    will: {topic: runnel5/status, payload: gone, qos: 1, retain: true}
 nodes:
   - {id: in, type: mqtt-in, broker: broker, topic: "crash5/#", qos: 1, wires: [[seen]]}
   - {id: seen, type: t-hold, channel: CHANNEL}
@@ -531,6 +431,12 @@ nodes:
     // Second life: the same flow (same client id, persistent session).
     let second = tokio::runtime::Runtime::new().unwrap();
     second.block_on(async {
+        let mut status = outside(port, Some("runnel5/status"));
+        let will = status.next().await;
+        assert_eq!(
+            (topic_of(&will), &will.payload[..]),
+            ("runnel5/status", &b"gone"[..])
+        );
         let mut seen = hold("crash5-2");
         let engine = engine();
         deploy(
@@ -560,4 +466,169 @@ nodes:
         );
         engine.shutdown().await;
     });
+}
+
+#[tokio::test]
+async fn tls_and_credentials_over_mqtt5() {
+    let broker = Mosquitto::start(BrokerOpts {
+        password: Some(("runnel", "s3cret")),
+        tls: true,
+    });
+    let port = broker.port.to_string();
+    let pki = broker.dir.path().to_path_buf();
+    let pki_text = pki.display().to_string();
+    let mut seen = collect("v5-tls");
+    let engine = engine();
+    let flow = r#"
+config:
+  - id: broker
+    type: mqtt-broker
+    host: 127.0.0.1
+    port: "${PORT}"
+    protocol: "5"
+    username: runnel
+    password: "${MQTT_PASSWORD}"
+    reconnect_min: 50ms
+    reconnect_max: 200ms
+    tls: {ca_file: "${PKI}/ca.crt", cert_file: "${PKI}/client.crt", key_file: "${PKI}/client.key"}
+nodes:
+  - {id: in, type: mqtt-in, broker: broker, topic: "secure/#", qos: 1, wires: [[seen]]}
+  - {id: seen, type: test-collect, channel: v5-tls}
+"#;
+    let env = |password| {
+        [
+            ("PORT", port.as_str()),
+            ("PKI", &pki_text),
+            ("MQTT_PASSWORD", password),
+        ]
+    };
+    deploy_with(&engine, "v5-tls", flow, &env("wrong")).await;
+    let deadline = tokio::time::Instant::now() + GUARD;
+    let status = loop {
+        let info = engine.flow("v5-tls").await.unwrap();
+        let node = info.nodes.iter().find(|n| n.id == "in").unwrap();
+        if node.status.text.contains("refused") {
+            break node.status.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no refusal status: {:?}\n{}",
+            node.status,
+            broker.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        status.text.contains("bad user name or password") || status.text.contains("not authorized"),
+        "{}",
+        status.text
+    );
+    assert!(!status.text.contains("wrong"), "the password must not show");
+
+    // The right password (a redeploy) connects over TLS, as MQTT 5.
+    deploy_with(&engine, "v5-tls", flow, &env("s3cret")).await;
+    let deadline = tokio::time::Instant::now() + GUARD;
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nothing over TLS; status {:?}\n{}",
+            engine
+                .flow("v5-tls")
+                .await
+                .map(|f| f.nodes[0].status.clone()),
+            broker.log()
+        );
+        let (pki, port) = (pki.clone(), port.clone());
+        let published = tokio::task::spawn_blocking(move || {
+            Command::new("mosquitto_pub")
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &port,
+                    "-t",
+                    "secure/x",
+                    "-m",
+                    "sealed",
+                ])
+                .args(["-q", "1", "-V", "mqttv5", "-u", "runnel", "-P", "s3cret"])
+                .args(["-D", "publish", "user-property", "via", "tls"])
+                .arg("--cafile")
+                .arg(pki.join("ca.crt"))
+                .arg("--cert")
+                .arg(pki.join("client.crt"))
+                .arg("--key")
+                .arg(pki.join("client.key"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .await
+        .unwrap();
+        assert!(
+            published,
+            "mosquitto_pub over TLS failed:\n{}",
+            broker.log()
+        );
+        if let Ok(Some(msg)) = tokio::time::timeout(Duration::from_millis(300), seen.recv()).await {
+            assert_eq!(msg.payload().as_str(), Some("sealed"));
+            assert_eq!(
+                msg.to_json()["userProperties"],
+                serde_json::json!({"via": "tls"})
+            );
+            break;
+        }
+    }
+    let info = engine.flow("v5-tls").await.unwrap();
+    let node = info.nodes.iter().find(|n| n.id == "in").unwrap();
+    assert_eq!(node.status.text, "connected");
+    engine.shutdown().await;
+}
+
+/// A message property of the wrong type sends the message to `catch`
+/// instead of publishing it; the node goes on with the next message.
+#[tokio::test]
+async fn bad_mqtt5_properties_reach_catch_and_the_node_keeps_going() {
+    let broker = Mosquitto::start(BrokerOpts::default());
+    let port = broker.port;
+    let mut seen = collect("v5-bad-seen");
+    let mut errors = collect("v5-bad-errors");
+    let mut sink = outside(port, Some("bad-out"));
+    let publisher = outside(port, None);
+    let engine = engine();
+    let flow = r#"
+config:
+  - {id: broker, type: mqtt-broker, host: 127.0.0.1, port: "${PORT}", protocol: "5"}
+nodes:
+  - {id: in, type: mqtt-in, broker: broker, topic: "bad-in", qos: 1, wires: [[seen, props]]}
+  - {id: seen, type: test-collect, channel: v5-bad-seen}
+  - {id: props, type: change, rules: [{set: userProperties, from: payload}], wires: [[out]]}
+  - {id: out, type: mqtt-out, broker: broker, topic: bad-out, qos: 1}
+  - {id: errors, type: catch, wires: [[caught]]}
+  - {id: caught, type: test-collect, channel: v5-bad-errors}
+"#;
+    deploy(&engine, "v5-bad", flow, port).await;
+    sink.wait_subscribed().await;
+    wait_flow_subscribed(&publisher, "bad-in", &mut seen).await;
+    // The probes ("probe" as userProperties) failed too.
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(300), errors.recv()).await {}
+
+    for payload in ["oops", r#"{"k": "v"}"#] {
+        publisher
+            .client
+            .publish("bad-in", QoS::AtLeastOnce, false, payload)
+            .await
+            .unwrap();
+    }
+    let error = next(&mut errors).await;
+    let text = error.to_json()["error"]["message"].to_string();
+    assert!(text.contains("msg.userProperties is a string"), "{text}");
+    let publish = sink.next().await;
+    assert_eq!(publish.payload.as_ref(), br#"{"k":"v"}"#);
+    assert_eq!(
+        publish.properties.unwrap().user_properties,
+        vec![("k".to_string(), "v".to_string())]
+    );
+    engine.shutdown().await;
 }
