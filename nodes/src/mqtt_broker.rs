@@ -90,10 +90,11 @@ pub struct MqttBrokerConfig {
     /// Connect with TLS (rustls).
     #[serde(default)]
     pub tls: Option<TlsConfig>,
-    /// Most packet bytes accepted or sent (default 16 MiB). A larger
-    /// incoming packet breaks the connection (rumqttc cannot skip it); keep
-    /// `mqtt-in`'s `max_payload` below this to report oversized messages
-    /// instead.
+    /// Most packet bytes accepted or sent (default 16 MiB). On MQTT 3.1.1
+    /// a larger incoming packet breaks the connection (rumqttc cannot skip
+    /// it); keep `mqtt-in`'s `max_payload` below this to report oversized
+    /// messages instead. MQTT 5 tells the broker, which then drops larger
+    /// messages for runnel.
     #[serde(default)]
     pub max_packet_size: Option<usize>,
     /// Most outgoing QoS 1/2 messages waiting for the broker's ack, across

@@ -632,3 +632,53 @@ nodes:
     );
     engine.shutdown().await;
 }
+
+/// MQTT 5 tells the broker runnel's `max_packet_size`: the broker drops a
+/// larger message for runnel instead of sending it (which, on 3.1.1,
+/// breaks the connection), and the next message arrives on the same
+/// connection.
+#[tokio::test]
+async fn the_broker_keeps_oversized_messages_away_on_mqtt5() {
+    let broker = Mosquitto::start(BrokerOpts::default());
+    let port = broker.port;
+    let mut seen = collect("v5-big");
+    let publisher = outside(port, None);
+    let engine = engine();
+    let flow = r#"
+config:
+  - {id: broker, type: mqtt-broker, host: 127.0.0.1, port: "${PORT}", protocol: "5", max_packet_size: 2048}
+nodes:
+  - {id: in, type: mqtt-in, broker: broker, topic: "big", qos: 1, max_payload: 2000, wires: [[seen]]}
+  - {id: seen, type: test-collect, channel: v5-big}
+"#;
+    deploy(&engine, "v5-big", flow, port).await;
+    wait_flow_subscribed(&publisher, "big", &mut seen).await;
+    let big = format!(r#"{{"n": 1, "pad": "{}"}}"#, "x".repeat(8000));
+    publisher
+        .client
+        .publish("big", QoS::AtLeastOnce, false, big)
+        .await
+        .unwrap();
+    publisher
+        .client
+        .publish("big", QoS::AtLeastOnce, false, r#"{"n": 2}"#)
+        .await
+        .unwrap();
+    publisher.wait_acked(2).await;
+    let msg = next(&mut seen).await;
+    assert_eq!(n_of(&msg), 2, "only the small message arrives");
+    let info = engine.flow("v5-big").await.unwrap();
+    let node = info.nodes.iter().find(|n| n.id == "in").unwrap();
+    assert_eq!(node.status.text, "connected");
+    let log = broker.log();
+    assert!(
+        log.contains("Dropping too large outgoing PUBLISH for runnel-v5-big-broker"),
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("as runnel-v5-big-broker (p5").count(),
+        1,
+        "one MQTT 5 connection, never broken:\n{log}"
+    );
+    engine.shutdown().await;
+}
