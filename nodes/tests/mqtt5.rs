@@ -28,9 +28,9 @@ use common::{BrokerOpts, GUARD, Hold, Mosquitto, free_port, hold};
 
 // ---------------------------------------------------------- outside client
 
-/// A raw MQTT 5 client (automatic acks): incoming publishes go to `rx`,
-/// the broker's PUBACKs are counted in `acked`, `subscribed` turns true at
-/// the first SUBACK.
+/// A raw MQTT 5 client (automatic acks; subscribes at QoS 2): incoming
+/// publishes go to `rx`, the broker's PUBACKs and PUBCOMPs are counted in
+/// `acked`, `subscribed` turns true at the first SUBACK.
 struct Outside {
     client: AsyncClient,
     rx: UnboundedReceiver<Publish>,
@@ -54,7 +54,7 @@ fn outside(port: u16, subscribe: Option<&str>) -> Outside {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     if let Some(filter) = &filter {
                         subscriber
-                            .subscribe(filter.clone(), QoS::AtLeastOnce)
+                            .subscribe(filter.clone(), QoS::ExactlyOnce)
                             .await
                             .unwrap();
                     }
@@ -62,7 +62,7 @@ fn outside(port: u16, subscribe: Option<&str>) -> Outside {
                 Ok(Event::Incoming(Packet::SubAck(_))) => {
                     subscribed_tx.send_replace(true);
                 }
-                Ok(Event::Incoming(Packet::PubAck(_))) => {
+                Ok(Event::Incoming(Packet::PubAck(_) | Packet::PubComp(_))) => {
                     counter.fetch_add(1, Ordering::AcqRel);
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
@@ -91,7 +91,7 @@ impl Outside {
             .unwrap();
     }
 
-    /// Waits until the broker has acknowledged `count` QoS 1 publishes.
+    /// Waits until the broker has acknowledged `count` QoS 1/2 publishes.
     async fn wait_acked(&self, count: usize) {
         let deadline = tokio::time::Instant::now() + GUARD;
         while self.acked.load(Ordering::Acquire) < count {
@@ -196,23 +196,25 @@ fn n_of(msg: &Msg) -> i64 {
 
 // ---------------------------------------------------------------- tests
 
-#[tokio::test]
-async fn qos1_in_and_out_over_mqtt5() {
+async fn roundtrip_v5(level: u8, qos: QoS) {
     let broker = Mosquitto::start(BrokerOpts::default());
     let port = broker.port;
-    let mut seen = collect("v5-qos1");
+    let channel = format!("v5-qos{level}");
+    let mut seen = collect(&channel);
     let mut sink = outside(port, Some("v5out/#"));
     let publisher = outside(port, None);
     let engine = engine();
-    let flow = r#"
+    let flow = format!(
+        r#"
 config:
-  - {id: broker, type: mqtt-broker, host: 127.0.0.1, port: "${PORT}", protocol: "5"}
+  - {{id: broker, type: mqtt-broker, host: 127.0.0.1, port: "${{PORT}}", protocol: "5"}}
 nodes:
-  - {id: in, type: mqtt-in, broker: broker, topic: "v5in/+", qos: 1, wires: [[seen, out]]}
-  - {id: seen, type: test-collect, channel: v5-qos1}
-  - {id: out, type: mqtt-out, broker: broker, topic: v5out/x, qos: 1}
-"#;
-    deploy(&engine, "v5-qos1", flow, port).await;
+  - {{id: in, type: mqtt-in, broker: broker, topic: "v5in/+", qos: {level}, wires: [[seen, out]]}}
+  - {{id: seen, type: test-collect, channel: {channel}}}
+  - {{id: out, type: mqtt-out, broker: broker, topic: v5out/x, qos: {level}}}
+"#
+    );
+    deploy(&engine, &channel, &flow, port).await;
     sink.wait_subscribed().await;
     wait_flow_subscribed(&publisher, "v5in/probe", &mut seen).await;
     // Probes went out too: skip them on the outside.
@@ -220,12 +222,7 @@ nodes:
     for n in 0..count {
         publisher
             .client
-            .publish(
-                "v5in/a",
-                QoS::AtLeastOnce,
-                false,
-                format!(r#"{{"n": {n}}}"#),
-            )
+            .publish("v5in/a", qos, false, format!(r#"{{"n": {n}}}"#))
             .await
             .unwrap();
     }
@@ -235,7 +232,10 @@ nodes:
     while got.len() < count as usize {
         let msg = next(&mut seen).await;
         assert_eq!(msg.topic(), Some("v5in/a"));
-        assert_eq!(msg.props().get("qos").and_then(Value::as_i64), Some(1));
+        assert_eq!(
+            msg.props().get("qos").and_then(Value::as_i64),
+            Some(i64::from(level))
+        );
         assert_eq!(
             msg.props().get("retain").and_then(Value::as_bool),
             Some(false)
@@ -250,12 +250,22 @@ nodes:
         assert_eq!(topic_of(&publish), "v5out/x");
         let n = n_of_json(&publish.payload);
         if n >= 0 {
-            assert_eq!(publish.qos, QoS::AtLeastOnce);
+            assert_eq!(publish.qos, qos);
             out.insert(n);
         }
     }
     assert_eq!(out, (0..count).collect());
     engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn qos1_in_and_out_over_mqtt5() {
+    roundtrip_v5(1, QoS::AtLeastOnce).await;
+}
+
+#[tokio::test]
+async fn qos2_in_and_out_over_mqtt5() {
+    roundtrip_v5(2, QoS::ExactlyOnce).await;
 }
 
 #[tokio::test]
