@@ -23,12 +23,17 @@ use crate::trace::{TraceEvent, TraceEventKind, TraceStore};
 pub struct Outcome {
     /// Whether some node failed on this message or one derived from it.
     pub errored: bool,
+    /// Whether the message was dropped unprocessed because its source was
+    /// stopping (see [`crate::NodeCtx::send`]). A source that acknowledges
+    /// what it receives leaves such a message for redelivery.
+    pub abandoned: bool,
 }
 
 type Callback = Box<dyn FnOnce(Outcome) + Send>;
 
-/// The count of unfinished messages in one flow, used to drain on shutdown
-/// and redeploy.
+/// A count of unfinished messages: one per flow (drained on shutdown and
+/// redeploy) and one per task (what a source created, drained before that
+/// source alone is replaced on a partial redeploy).
 #[derive(Debug, Default)]
 pub struct InFlight {
     count: AtomicUsize,
@@ -104,20 +109,37 @@ pub struct Tracker(Arc<TrackerInner>);
 struct TrackerInner {
     root: MsgId,
     hub: Option<Arc<FlowHub>>,
+    origin: Option<Arc<InFlight>>,
     errored: AtomicBool,
+    abandoned: AtomicBool,
     on_finish: Mutex<Option<Callback>>,
 }
 
 impl Tracker {
     /// A tracker that reports to `hub` (counted in flight until finished).
     pub fn new(root: MsgId, hub: Option<Arc<FlowHub>>) -> Self {
+        Tracker::with_origin(root, hub, None)
+    }
+
+    /// A tracker that is also counted in `origin` (the in-flight count of
+    /// the task that created the message) until finished.
+    pub fn with_origin(
+        root: MsgId,
+        hub: Option<Arc<FlowHub>>,
+        origin: Option<Arc<InFlight>>,
+    ) -> Self {
         if let Some(hub) = &hub {
             hub.in_flight.enter();
+        }
+        if let Some(origin) = &origin {
+            origin.enter();
         }
         Tracker(Arc::new(TrackerInner {
             root,
             hub,
+            origin,
             errored: AtomicBool::new(false),
+            abandoned: AtomicBool::new(false),
             on_finish: Mutex::new(None),
         }))
     }
@@ -138,6 +160,12 @@ impl Tracker {
     /// Marks the message as failed somewhere (reported in the [`Outcome`]).
     pub fn mark_errored(&self) {
         self.0.errored.store(true, Ordering::Relaxed);
+    }
+
+    /// Marks the message as dropped unprocessed (reported in the
+    /// [`Outcome`]).
+    pub fn mark_abandoned(&self) {
+        self.0.abandoned.store(true, Ordering::Relaxed);
     }
 
     /// The id of the message this tracker was created for.
@@ -164,6 +192,7 @@ impl Drop for TrackerInner {
     fn drop(&mut self) {
         let outcome = Outcome {
             errored: *self.errored.get_mut(),
+            abandoned: *self.abandoned.get_mut(),
         };
         let callback = match self.on_finish.get_mut() {
             Ok(slot) => slot.take(),
@@ -184,6 +213,9 @@ impl Drop for TrackerInner {
                 )
             });
             hub.in_flight.leave();
+        }
+        if let Some(origin) = &self.origin {
+            origin.leave();
         }
     }
 }

@@ -4,10 +4,10 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedMutexGuard, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::completion::{FlowHub, Tracker};
+use crate::completion::{FlowHub, InFlight, Tracker};
 use crate::dispatch::{CatchTargets, Dispatcher, report_error};
 use crate::ids::{FlowId, MsgId, NodeId};
 use crate::monitor::{DebugBus, NodeMonitor, NodeStatus};
@@ -20,12 +20,19 @@ use crate::value::Value;
 pub struct NodeCtx {
     pub(crate) monitor: Arc<NodeMonitor>,
     pub(crate) hub: Arc<FlowHub>,
-    pub(crate) input: Option<mpsc::Receiver<Msg>>,
+    /// The node's input queue, held for as long as this instance runs (a
+    /// replacement on redeploy takes it over, with what is still queued).
+    pub(crate) input: Option<OwnedMutexGuard<mpsc::Receiver<Msg>>>,
     pub(crate) dispatcher: Dispatcher,
     pub(crate) outputs: usize,
     pub(crate) catch: CatchTargets,
     pub(crate) stopping: CancellationToken,
+    /// Fires when this instance is replaced on a partial redeploy: its
+    /// input ends, so it finishes what it holds and returns.
+    pub(crate) retire: CancellationToken,
     pub(crate) halt: CancellationToken,
+    /// Messages this node created and that have not finished.
+    pub(crate) origin: Arc<InFlight>,
     pub(crate) data_dir: PathBuf,
     pub(crate) debug: DebugBus,
 }
@@ -66,11 +73,14 @@ impl NodeCtx {
     }
 
     /// The next input message, or `None` when the node should finish: its
-    /// upstream is gone or the flow is stopping after its drain.
+    /// upstream is gone, a redeploy replaces it (what is still queued goes
+    /// to its replacement), or the flow is stopping after its drain. A node
+    /// sends what it holds before returning from `run`.
     pub async fn recv(&mut self) -> Option<Msg> {
         let msg = match self.input.as_mut() {
             Some(input) => tokio::select! {
                 biased;
+                () = self.retire.cancelled() => None,
                 msg = input.recv() => msg,
                 () = self.halt.cancelled() => None,
             },
@@ -94,11 +104,14 @@ impl NodeCtx {
     /// Sends `msg` on `port`, waiting while a downstream queue is full.
     ///
     /// Once [`NodeCtx::stopping`] has fired, what a source (a node without
-    /// an input) sends is dropped, which finishes it: the flow is draining,
-    /// and a message created now could be cut off by the halt. A source that
-    /// acknowledges its messages (MQTT) therefore never acknowledges these.
+    /// an input) sends is dropped, which finishes it with
+    /// [`crate::Outcome::abandoned`] set: the flow is draining, and a
+    /// message created now could be cut off by the halt. A source that
+    /// acknowledges its messages (MQTT) leaves these unacknowledged, for the
+    /// broker to deliver again.
     pub async fn send(&mut self, port: Port, msg: Msg) {
         if self.input.is_none() && self.stopping.is_cancelled() {
+            msg.tracker().mark_abandoned();
             drop(msg);
             return;
         }
@@ -117,7 +130,7 @@ impl NodeCtx {
     /// derived from it have finished.
     pub fn new_msg(&self, payload: Value) -> Msg {
         let id = MsgId::next();
-        Msg::with_tracker(id, payload, Tracker::new(id, Some(self.hub.clone())))
+        Msg::with_tracker(id, payload, self.tracker(id))
     }
 
     /// A new message that runs `on_finish` when it and everything derived
@@ -145,10 +158,14 @@ impl NodeCtx {
             }
             None => {
                 let id = MsgId::next();
-                (id, Tracker::new(id, Some(self.hub.clone())))
+                (id, self.tracker(id))
             }
         };
         report_error(&self.hub, &self.monitor, &self.catch, error, (id, tracker));
+    }
+
+    fn tracker(&self, id: MsgId) -> Tracker {
+        Tracker::with_origin(id, Some(self.hub.clone()), Some(self.origin.clone()))
     }
 
     /// Sets the status shown under the node in the editor.
@@ -156,8 +173,9 @@ impl NodeCtx {
         self.monitor.set_status(status);
     }
 
-    /// Fires when sources must stop producing (shutdown or redeploy). A
-    /// source returns from `run` then; messages already sent drain.
+    /// Fires when sources must stop producing (shutdown, or a redeploy that
+    /// replaces this node). A source returns from `run` then, or at the
+    /// halt if it must stay up to acknowledge what drains.
     pub fn stopping(&self) -> &CancellationToken {
         &self.stopping
     }

@@ -64,7 +64,7 @@ pub use node::{
 };
 pub use path::PropPath;
 pub use registry::Registry;
-pub use runtime::{Engine, FlowInfo, NodeInfo};
+pub use runtime::{DeployReport, Engine, FlowInfo, NodeInfo};
 pub use shared::{EngineSettings, EngineShared};
 pub use trace::{TraceEvent, TraceEventKind, TraceStore};
 pub use value::{Map, Value};

@@ -83,6 +83,9 @@ pub struct FlowNode {
     /// A hash of its config and wiring text, to tell changed nodes apart on
     /// redeploy.
     pub fingerprint: u64,
+    /// The config nodes its YAML names (a node using a changed config node
+    /// is changed too).
+    pub config_refs: Vec<String>,
     pub(crate) spec: Option<NodeSpec>,
     pub(crate) rebuild: Rebuild,
 }
@@ -110,6 +113,16 @@ pub(crate) struct Rebuild {
 }
 
 impl Rebuild {
+    /// The same node against other config instances: on a partial
+    /// redeploy, unchanged config nodes keep their running instance (one
+    /// broker connection, not two).
+    pub(crate) fn with_configs(&self, configs: Arc<HashMap<String, ConfigInstance>>) -> Rebuild {
+        Rebuild {
+            configs,
+            ..self.clone()
+        }
+    }
+
     pub(crate) fn build(&self) -> Result<NodeSpec, String> {
         let ctx = BuildCtx {
             flow: &self.flow,
@@ -143,6 +156,10 @@ pub struct Flow {
     pub nodes: Vec<FlowNode>,
     /// Warnings (cycles).
     pub warnings: Vec<Diagnostic>,
+    /// Its built config nodes, by id.
+    pub(crate) configs: Arc<HashMap<String, ConfigInstance>>,
+    /// A hash of each config node's YAML, by id.
+    pub(crate) config_prints: HashMap<String, u64>,
 }
 
 impl Flow {
@@ -358,6 +375,7 @@ impl Loader {
 
         // Config nodes first: nodes reference them while building.
         let mut configs = HashMap::new();
+        let mut config_prints = HashMap::new();
         if let Some(list) = entries(top, "config", out) {
             for entry in list {
                 if let Some((id, type_name, config)) =
@@ -384,6 +402,7 @@ impl Loader {
                     };
                     match build(&config, &ctx) {
                         Ok(instance) => {
+                            config_prints.insert(id.clone(), fingerprint(entry));
                             configs.insert(id, instance);
                         }
                         Err(error) => report_config_error(error, &config, entry, &id, out),
@@ -492,6 +511,7 @@ impl Loader {
                 catch: spec.catch.clone(),
                 monitor,
                 fingerprint: fingerprint(entry),
+                config_refs: config_refs(entry, &configs),
                 spec: Some(spec),
                 rebuild,
             });
@@ -595,6 +615,8 @@ impl Loader {
             settings,
             nodes,
             warnings: Vec::new(),
+            configs,
+            config_prints,
         };
         for cycle in crate::graph::cycles(&flow) {
             let names: Vec<&str> = cycle.iter().map(|&i| flow.nodes[i].id.as_str()).collect();
@@ -917,6 +939,28 @@ fn fingerprint(node: &Node) -> u64 {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     feed(node, &mut hasher);
     hasher.finish()
+}
+
+/// The config node ids that appear as values in a node's YAML.
+fn config_refs(node: &Node, configs: &HashMap<String, ConfigInstance>) -> Vec<String> {
+    fn walk(node: &Node, configs: &HashMap<String, ConfigInstance>, found: &mut Vec<String>) {
+        match node {
+            Node::Scalar(s) => {
+                if configs.contains_key(s.as_str()) && !found.iter().any(|f| f == s.as_str()) {
+                    found.push(s.as_str().to_string());
+                }
+            }
+            Node::Sequence(seq) => seq.iter().for_each(|item| walk(item, configs, found)),
+            Node::Mapping(map) => map
+                .iter()
+                .for_each(|(_, value)| walk(value, configs, found)),
+        }
+    }
+    let mut found = Vec::new();
+    if !configs.is_empty() {
+        walk(node, configs, &mut found);
+    }
+    found
 }
 
 /// Ids used in a flow, for tools (the editor's completion).

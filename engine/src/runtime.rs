@@ -21,18 +21,20 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use serde::Serialize;
-use tokio::sync::{Mutex, mpsc};
-use tokio::task::JoinSet;
+use tokio::sync::{Mutex, OwnedMutexGuard, mpsc};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::completion::FlowHub;
+use crate::completion::{FlowHub, InFlight};
 use crate::ctx::NodeCtx;
-use crate::dispatch::{Dispatcher, Member, QueueTarget, Target, WhenFull, panic_text};
+use crate::dispatch::{
+    CatchTargets, Dispatcher, Member, QueueTarget, Target, WhenFull, panic_text,
+};
 use crate::ids::FlowId;
-use crate::loader::{Flow, FlowNode, Loader, Rebuild};
-use crate::monitor::{NodeCounters, NodeMonitor, NodeStatus};
+use crate::loader::{Flow, FlowNode, FlowSettings, Loader, Rebuild};
+use crate::monitor::{DebugBus, NodeCounters, NodeMonitor, NodeStatus};
 use crate::msg::Msg;
-use crate::node::{CatchScope, NodeError, NodeImpl, NodeSpec, Out, TaskNode};
+use crate::node::{CatchScope, ConfigInstance, NodeError, NodeImpl, NodeSpec, Out, TaskNode};
 use crate::registry::Registry;
 use crate::shared::EngineShared;
 
@@ -85,6 +87,21 @@ pub struct FlowInfo {
     pub nodes: Vec<NodeInfo>,
 }
 
+/// What a deploy did.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct DeployReport {
+    /// Whether the whole flow was (re)started: a new flow, or changed flow
+    /// settings.
+    pub full: bool,
+    /// Nodes started: new ones, and those whose config, wiring, config
+    /// nodes or catch nodes changed, with the nodes sharing their task.
+    pub started: Vec<String>,
+    /// Nodes that kept running untouched.
+    pub kept: Vec<String>,
+    /// Nodes that were stopped for good.
+    pub removed: Vec<String>,
+}
+
 struct NodeShape {
     id: String,
     type_name: &'static str,
@@ -96,17 +113,90 @@ struct NodeShape {
     monitor: Arc<NodeMonitor>,
 }
 
+/// A node's input queue. The receiver sits behind a lock that the running
+/// instance holds: on a partial redeploy the replacement takes the same
+/// queue over, with what is still in it, so upstream tasks keep sending.
+struct QueueSlot {
+    tx: mpsc::Sender<Msg>,
+    rx: Arc<Mutex<mpsc::Receiver<Msg>>>,
+}
+
+/// One task of a running flow: a root node and the sync nodes fused into
+/// it. A partial redeploy keeps or replaces whole units.
+struct Unit {
+    /// The root node's id.
+    root: String,
+    /// Every node this task runs, root first, with their keys.
+    members: Vec<(String, u64)>,
+    /// A task node without input: it creates messages.
+    source: bool,
+    /// Fires to replace this instance: input ends, what it holds finishes.
+    retire: CancellationToken,
+    stopping: CancellationToken,
+    halt: CancellationToken,
+    /// Messages this task created that have not finished.
+    origin: Arc<InFlight>,
+    handle: JoinHandle<()>,
+}
+
+impl Unit {
+    /// Stops a unit that is not part of the new flow, while the rest of the
+    /// flow keeps running: a source stops producing and waits for what it
+    /// created; a task with input stops taking it (or, if its queue is gone,
+    /// finishes the queue once its upstream has stopped) and returns. Then
+    /// it is halted (and aborted after 5 s).
+    async fn finish(self, queue_kept: bool, drain: Duration) {
+        let Unit {
+            root,
+            source,
+            retire,
+            stopping,
+            halt,
+            origin,
+            mut handle,
+            ..
+        } = self;
+        stopping.cancel();
+        let drained = if source {
+            tokio::time::timeout(drain, origin.wait_idle())
+                .await
+                .is_ok()
+        } else {
+            if queue_kept {
+                retire.cancel();
+            }
+            tokio::time::timeout(drain, &mut handle).await.is_ok()
+        };
+        if !drained {
+            tracing::warn!(node = %root, in_flight = origin.count(), "drain timed out; halting the node with messages in flight");
+        }
+        if drained && !source {
+            return;
+        }
+        halt.cancel();
+        if tokio::time::timeout(Duration::from_secs(5), &mut handle)
+            .await
+            .is_err()
+        {
+            tracing::warn!(node = %root, "node did not stop in 5s; aborting it");
+            handle.abort();
+        }
+    }
+}
+
 struct RunningFlow {
     path: PathBuf,
     source: Arc<str>,
     description: Option<String>,
+    settings: FlowSettings,
     hub: Arc<FlowHub>,
     stopping: CancellationToken,
     halt: CancellationToken,
-    /// Source tasks (task nodes without an input).
-    sources: JoinSet<()>,
-    tasks: JoinSet<()>,
+    units: Vec<Unit>,
+    queues: HashMap<String, QueueSlot>,
     nodes: Vec<NodeShape>,
+    configs: Arc<HashMap<String, ConfigInstance>>,
+    config_prints: HashMap<String, u64>,
 }
 
 impl std::fmt::Debug for RunningFlow {
@@ -142,17 +232,42 @@ impl Engine {
         &self.shared
     }
 
-    /// Starts `flow`, first stopping (and draining) a running flow of the
-    /// same name.
-    pub async fn deploy(&self, flow: Flow) {
+    /// Starts `flow`. If a flow of that name runs, only what changed is
+    /// replaced: nodes whose config or wiring changed, nodes using a changed
+    /// config node or catch node, and the nodes sharing a task with them.
+    /// Unchanged nodes keep running; a replaced node first finishes what it
+    /// holds and its replacement takes over its input queue, so nothing is
+    /// lost. Changed flow settings restart the whole flow (after a drain).
+    pub async fn deploy(&self, flow: Flow) -> DeployReport {
         let mut flows = self.flows.lock().await;
-        if let Some(old) = flows.remove(&flow.id) {
-            old.stop(self.shared.settings.drain_timeout).await;
-        }
         let id = flow.id.clone();
-        let running = spawn_flow(&self.shared, flow);
-        tracing::info!(flow = %id, nodes = running.nodes.len(), "flow started");
+        let (running, report) = match flows.remove(&flow.id) {
+            Some(old) if same_settings(&old.settings, &flow.settings) => {
+                old.update(&self.shared, flow).await
+            }
+            old => {
+                if let Some(old) = old {
+                    old.stop(self.shared.settings.drain_timeout).await;
+                }
+                let running = start(&self.shared, flow, Carry::fresh());
+                let report = DeployReport {
+                    full: true,
+                    started: running.nodes.iter().map(|n| n.id.clone()).collect(),
+                    ..DeployReport::default()
+                };
+                (running, report)
+            }
+        };
+        tracing::info!(
+            flow = %id,
+            full = report.full,
+            started = report.started.len(),
+            kept = report.kept.len(),
+            removed = report.removed.len(),
+            "flow deployed"
+        );
         flows.insert(id, running);
+        report
     }
 
     /// Stops one flow (sources, drain, halt). Returns whether it was running.
@@ -240,6 +355,10 @@ impl Engine {
     }
 }
 
+fn same_settings(a: &FlowSettings, b: &FlowSettings) -> bool {
+    a.queue_capacity == b.queue_capacity && a.when_full == b.when_full
+}
+
 impl RunningFlow {
     fn info(&self, id: &FlowId) -> FlowInfo {
         FlowInfo {
@@ -286,22 +405,283 @@ impl RunningFlow {
         self.halt_and_join().await;
     }
 
-    async fn halt_and_join(mut self) {
+    async fn halt_and_join(self) {
         self.halt.cancel();
+        let mut handles: Vec<JoinHandle<()>> =
+            self.units.into_iter().map(|unit| unit.handle).collect();
         let join = async {
-            while self.sources.join_next().await.is_some() {}
-            while self.tasks.join_next().await.is_some() {}
+            for handle in &mut handles {
+                let _ = handle.await;
+            }
         };
         if tokio::time::timeout(Duration::from_secs(5), join)
             .await
             .is_err()
         {
             tracing::warn!(flow = %self.hub.flow(), "tasks did not stop in 5s; aborting them");
-            self.sources.abort_all();
-            self.tasks.abort_all();
+            for handle in &handles {
+                handle.abort();
+            }
         }
         tracing::info!(flow = %self.hub.flow(), "flow stopped");
     }
+
+    /// Replaces what changed between this running flow and `flow` (same
+    /// settings), keeping every unchanged unit running.
+    async fn update(
+        self,
+        shared: &Arc<EngineShared>,
+        mut flow: Flow,
+    ) -> (RunningFlow, DeployReport) {
+        let RunningFlow {
+            hub,
+            stopping,
+            halt,
+            units,
+            mut queues,
+            nodes: old_nodes,
+            configs: old_configs,
+            config_prints: old_prints,
+            ..
+        } = self;
+        let keys = node_keys(&flow);
+        let layout = layout(&flow);
+        let mut old_units: HashMap<String, Unit> =
+            units.into_iter().map(|u| (u.root.clone(), u)).collect();
+        let mut kept = Vec::new();
+        for (root, members) in &layout {
+            let root_id = flow.nodes[*root].id.as_str();
+            let same =
+                old_units.get(root_id).is_some_and(|old| {
+                    old.members.len() == members.len()
+                        && old.members.iter().zip(members).all(|((id, key), &m)| {
+                            id == flow.nodes[m].id.as_str() && *key == keys[m]
+                        })
+                });
+            if same && let Some(unit) = old_units.remove(root_id) {
+                kept.push(unit);
+            }
+        }
+        let kept_ids: HashMap<&str, ()> = kept
+            .iter()
+            .flat_map(|u| u.members.iter().map(|(id, _)| (id.as_str(), ())))
+            .collect();
+
+        // Unchanged config nodes keep their running instance (one broker
+        // connection for old and new nodes alike); changed ones are new. The
+        // nodes that start now are built again against that set; kept
+        // nodes' load-time builds are dropped unused.
+        let merged: HashMap<String, ConfigInstance> = flow
+            .configs
+            .iter()
+            .map(|(id, fresh)| {
+                let same = old_prints.get(id) == flow.config_prints.get(id);
+                let instance = match old_configs.get(id) {
+                    Some(old) if same && old.type_name == fresh.type_name => old.clone(),
+                    _ => fresh.clone(),
+                };
+                (id.clone(), instance)
+            })
+            .collect();
+        let merged = Arc::new(merged);
+        for node in &mut flow.nodes {
+            if node.config_refs.is_empty() || kept_ids.contains_key(node.id.as_str()) {
+                continue;
+            }
+            node.rebuild = node.rebuild.with_configs(merged.clone());
+            match node.rebuild.build() {
+                Ok(spec) => node.spec = Some(spec),
+                Err(error) => {
+                    tracing::warn!(node = %node.id, %error, "cannot rebuild node against the running config nodes; it gets new ones");
+                }
+            }
+        }
+        flow.configs = merged;
+        // Kept nodes keep their monitors: the running instance holds them.
+        let old_monitors: HashMap<&str, &Arc<NodeMonitor>> = old_nodes
+            .iter()
+            .filter(|n| kept_ids.contains_key(n.id.as_str()))
+            .map(|n| (n.id.as_str(), &n.monitor))
+            .collect();
+        for node in &mut flow.nodes {
+            if let Some(monitor) = old_monitors.get(node.id.as_str()) {
+                node.monitor = Arc::clone(monitor);
+            }
+        }
+
+        let mut new_queues: HashMap<String, QueueSlot> = HashMap::new();
+        for (i, node) in flow.nodes.iter().enumerate() {
+            if needs_queue(&flow, &layout, i) {
+                let id = node.id.as_str();
+                let slot = queues.remove(id).unwrap_or_else(|| {
+                    let (tx, rx) = mpsc::channel(queue_capacity(shared, &flow));
+                    QueueSlot {
+                        tx,
+                        rx: Arc::new(Mutex::new(rx)),
+                    }
+                });
+                node.monitor.attach_queue(&slot.tx);
+                new_queues.insert(id.to_string(), slot);
+            }
+        }
+        // Queues no node reads any more close once their upstream stops;
+        // their old readers finish them first.
+        drop(queues);
+
+        let new_ids: HashMap<&str, ()> = flow.nodes.iter().map(|n| (n.id.as_str(), ())).collect();
+        let removed: Vec<String> = old_nodes
+            .iter()
+            .filter(|n| !new_ids.contains_key(n.id.as_str()))
+            .map(|n| n.id.clone())
+            .collect();
+        let retiring: Vec<(Unit, bool)> = old_units
+            .into_values()
+            .map(|unit| {
+                let queue_kept = new_queues.contains_key(&unit.root);
+                (unit, queue_kept)
+            })
+            .collect();
+
+        let carry = Carry {
+            hub: Some(hub),
+            stopping,
+            halt,
+            queues: new_queues,
+            kept,
+        };
+        let drain = shared.settings.drain_timeout;
+        let (running, started) = start_with(shared, flow, carry, |pending| async move {
+            // New sources start once the old ones are gone (a route, a
+            // client id); tasks with input start at once and wait for
+            // their queue, which their predecessor releases when done.
+            futures::future::join_all(
+                retiring
+                    .into_iter()
+                    .map(|(unit, queue_kept)| unit.finish(queue_kept, drain)),
+            )
+            .await;
+            pending
+        })
+        .await;
+        let kept: Vec<String> = running
+            .nodes
+            .iter()
+            .filter(|n| !started.contains(&n.id))
+            .map(|n| n.id.clone())
+            .collect();
+        let report = DeployReport {
+            full: false,
+            started,
+            kept,
+            removed,
+        };
+        (running, report)
+    }
+}
+
+/// What a start inherits from the running flow on a partial redeploy.
+struct Carry {
+    hub: Option<Arc<FlowHub>>,
+    stopping: CancellationToken,
+    halt: CancellationToken,
+    /// Queues by node id, for every node that needs one in the new flow.
+    queues: HashMap<String, QueueSlot>,
+    /// Units that keep running.
+    kept: Vec<Unit>,
+}
+
+impl Carry {
+    fn fresh() -> Self {
+        Carry {
+            hub: None,
+            stopping: CancellationToken::new(),
+            halt: CancellationToken::new(),
+            queues: HashMap::new(),
+            kept: Vec::new(),
+        }
+    }
+}
+
+/// Whether node `i` gets an input queue of its own.
+fn needs_queue(flow: &Flow, layout: &[(usize, Vec<usize>)], i: usize) -> bool {
+    let node = &flow.nodes[i];
+    (node.has_input || node.catch.is_some()) && layout.iter().any(|(root, _)| *root == i)
+}
+
+fn queue_capacity(shared: &EngineShared, flow: &Flow) -> usize {
+    flow.settings
+        .queue_capacity
+        .unwrap_or(shared.settings.queue_capacity)
+        .max(1)
+}
+
+/// The flow's tasks: each root (a node not fused into its upstream) with
+/// every node it runs, root first, in the order [`Wiring`] inlines them.
+fn layout(flow: &Flow) -> Vec<(usize, Vec<usize>)> {
+    fn inline(flow: &Flow, fused: &[bool], from: usize, taken: &mut [bool], out: &mut Vec<usize>) {
+        for targets in &flow.nodes[from].wires {
+            for &t in targets {
+                if fused[t] && !taken[t] {
+                    taken[t] = true;
+                    out.push(t);
+                    inline(flow, fused, t, taken, out);
+                }
+            }
+        }
+    }
+    let fused = crate::graph::fused(flow);
+    let mut taken = vec![false; flow.nodes.len()];
+    (0..flow.nodes.len())
+        .filter(|&i| !fused[i])
+        .map(|root| {
+            let mut members = vec![root];
+            inline(flow, &fused, root, &mut taken, &mut members);
+            (root, members)
+        })
+        .collect()
+}
+
+/// For each node, the catch nodes that receive its errors.
+fn catchers(flow: &Flow) -> Vec<Vec<usize>> {
+    (0..flow.nodes.len())
+        .map(|i| {
+            flow.nodes
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| match &c.catch {
+                    Some(CatchScope::All) => true,
+                    Some(CatchScope::Nodes(ids)) => ids.contains(&flow.nodes[i].id),
+                    None => false,
+                })
+                .map(|(c, _)| c)
+                .collect()
+        })
+        .collect()
+}
+
+/// A key per node that changes when anything the running node depends on
+/// changes: its type, its YAML (config and wires), the YAML of the config
+/// nodes it names, and which catch nodes receive its errors.
+fn node_keys(flow: &Flow) -> Vec<u64> {
+    use std::hash::{Hash, Hasher};
+    let catchers = catchers(flow);
+    flow.nodes
+        .iter()
+        .enumerate()
+        .map(|(i, node)| {
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            node.type_name.hash(&mut hasher);
+            node.fingerprint.hash(&mut hasher);
+            for id in &node.config_refs {
+                id.hash(&mut hasher);
+                flow.config_prints.get(id).hash(&mut hasher);
+            }
+            for &c in &catchers[i] {
+                flow.nodes[c].id.as_str().hash(&mut hasher);
+            }
+            hasher.finish()
+        })
+        .collect()
 }
 
 /// What building one task's dispatcher needs.
@@ -354,45 +734,129 @@ impl Wiring<'_> {
     }
 }
 
-fn spawn_flow(shared: &Arc<EngineShared>, mut flow: Flow) -> RunningFlow {
-    let hub = FlowHub::new(flow.id.clone(), shared.trace.clone());
-    let capacity = flow
-        .settings
-        .queue_capacity
-        .unwrap_or(shared.settings.queue_capacity)
-        .max(1);
-    let when_full = flow.settings.when_full.unwrap_or(shared.settings.when_full);
-    let fused = crate::graph::fused(&flow);
-    let count = flow.nodes.len();
+/// Starts a whole new flow.
+fn start(shared: &Arc<EngineShared>, flow: Flow, carry: Carry) -> RunningFlow {
+    let (mut running, pending) = build_units(shared, flow, carry);
+    for source in pending {
+        running.units.push(source.spawn());
+    }
+    running
+}
 
-    let mut queues: Vec<Option<mpsc::Sender<Msg>>> = Vec::with_capacity(count);
-    let mut inputs: Vec<Option<mpsc::Receiver<Msg>>> = Vec::with_capacity(count);
-    for (i, node) in flow.nodes.iter().enumerate() {
-        if !fused[i] && (node.has_input || node.catch.is_some()) {
-            let (tx, rx) = mpsc::channel(capacity);
-            node.monitor.attach_queue(&tx);
-            queues.push(Some(tx));
-            inputs.push(Some(rx));
-        } else {
-            queues.push(None);
-            inputs.push(None);
+/// Starts the units of `flow` that `carry` does not keep; new sources
+/// start after `before_sources` has run. Returns the ids of the nodes
+/// started.
+async fn start_with<F, Fut>(
+    shared: &Arc<EngineShared>,
+    flow: Flow,
+    carry: Carry,
+    before_sources: F,
+) -> (RunningFlow, Vec<String>)
+where
+    F: FnOnce(Vec<PendingSource>) -> Fut,
+    Fut: std::future::Future<Output = Vec<PendingSource>>,
+{
+    let kept: Vec<String> = carry
+        .kept
+        .iter()
+        .flat_map(|u| u.members.iter().map(|(id, _)| id.clone()))
+        .collect();
+    let (mut running, pending) = build_units(shared, flow, carry);
+    for source in before_sources(pending).await {
+        running.units.push(source.spawn());
+    }
+    let started = running
+        .nodes
+        .iter()
+        .filter(|n| !kept.contains(&n.id))
+        .map(|n| n.id.clone())
+        .collect();
+    (running, started)
+}
+
+/// A source task built but not spawned yet.
+struct PendingSource {
+    unit: UnitHead,
+    run: futures::future::BoxFuture<'static, ()>,
+}
+
+impl PendingSource {
+    fn spawn(self) -> Unit {
+        self.unit.with_handle(tokio::spawn(self.run))
+    }
+}
+
+/// A unit before its task is spawned.
+struct UnitHead {
+    root: String,
+    members: Vec<(String, u64)>,
+    source: bool,
+    retire: CancellationToken,
+    stopping: CancellationToken,
+    halt: CancellationToken,
+    origin: Arc<InFlight>,
+}
+
+impl UnitHead {
+    fn with_handle(self, handle: JoinHandle<()>) -> Unit {
+        Unit {
+            root: self.root,
+            members: self.members,
+            source: self.source,
+            retire: self.retire,
+            stopping: self.stopping,
+            halt: self.halt,
+            origin: self.origin,
+            handle,
         }
     }
-    let catch_for: Vec<Arc<[QueueTarget]>> = (0..count)
-        .map(|i| {
-            flow.nodes
-                .iter()
-                .enumerate()
-                .filter(|(_, c)| match &c.catch {
-                    Some(CatchScope::All) => true,
-                    Some(CatchScope::Nodes(ids)) => ids.contains(&flow.nodes[i].id),
-                    None => false,
-                })
-                .filter_map(|(c, catcher)| {
+}
+
+/// Builds and spawns every unit of `flow` but those `carry` keeps, and
+/// returns the running flow plus the sources, built but not yet spawned.
+fn build_units(
+    shared: &Arc<EngineShared>,
+    mut flow: Flow,
+    carry: Carry,
+) -> (RunningFlow, Vec<PendingSource>) {
+    let hub = carry
+        .hub
+        .unwrap_or_else(|| FlowHub::new(flow.id.clone(), shared.trace.clone()));
+    let capacity = queue_capacity(shared, &flow);
+    let when_full = flow.settings.when_full.unwrap_or(shared.settings.when_full);
+    let fused = crate::graph::fused(&flow);
+    let layout = layout(&flow);
+    let keys = node_keys(&flow);
+
+    let mut slots = carry.queues;
+    for (i, node) in flow.nodes.iter().enumerate() {
+        let id = node.id.as_str();
+        if needs_queue(&flow, &layout, i) && !slots.contains_key(id) {
+            let (tx, rx) = mpsc::channel(capacity);
+            node.monitor.attach_queue(&tx);
+            slots.insert(
+                id.to_string(),
+                QueueSlot {
+                    tx,
+                    rx: Arc::new(Mutex::new(rx)),
+                },
+            );
+        }
+    }
+    let queues: Vec<Option<mpsc::Sender<Msg>>> = flow
+        .nodes
+        .iter()
+        .map(|n| slots.get(n.id.as_str()).map(|slot| slot.tx.clone()))
+        .collect();
+    let catch_for: Vec<Arc<[QueueTarget]>> = catchers(&flow)
+        .into_iter()
+        .map(|list| {
+            list.into_iter()
+                .filter_map(|c| {
                     queues[c].as_ref().map(|tx| QueueTarget {
                         tx: tx.clone(),
                         policy: WhenFull::DropNewest,
-                        monitor: catcher.monitor.clone(),
+                        monitor: flow.nodes[c].monitor.clone(),
                     })
                 })
                 .collect::<Vec<_>>()
@@ -400,17 +864,34 @@ fn spawn_flow(shared: &Arc<EngineShared>, mut flow: Flow) -> RunningFlow {
         })
         .collect();
 
+    let kept_roots: Vec<String> = carry.kept.iter().map(|u| u.root.clone()).collect();
+    let mut units = carry.kept;
+    let mut pending = Vec::new();
     let mut specs: Vec<Option<NodeSpec>> = flow.nodes.iter_mut().map(|n| n.spec.take()).collect();
-    let stopping = CancellationToken::new();
-    let halt = CancellationToken::new();
-    let mut tasks = JoinSet::new();
-    let mut sources = JoinSet::new();
+    let (stopping, halt) = (carry.stopping, carry.halt);
 
-    for root in (0..count).filter(|&i| !fused[i]) {
+    for (root, members) in &layout {
+        let root = *root;
+        let node = &flow.nodes[root];
+        if kept_roots.iter().any(|k| k == node.id.as_str()) {
+            continue;
+        }
         let Some(spec) = specs[root].take() else {
             continue;
         };
-        let node = &flow.nodes[root];
+        let head = UnitHead {
+            root: node.id.as_str().to_string(),
+            members: members
+                .iter()
+                .map(|&m| (flow.nodes[m].id.as_str().to_string(), keys[m]))
+                .collect(),
+            source: false,
+            retire: CancellationToken::new(),
+            stopping: stopping.child_token(),
+            halt: halt.child_token(),
+            origin: Arc::new(InFlight::default()),
+        };
+        let input = slots.get(node.id.as_str()).map(|slot| slot.rx.clone());
         let mut wiring = Wiring {
             nodes: &flow.nodes,
             fused: &fused,
@@ -432,10 +913,15 @@ fn spawn_flow(shared: &Arc<EngineShared>, mut flow: Flow) -> RunningFlow {
                 });
                 let routes = wiring.routes(root);
                 wiring.members[0].routes = routes;
-                let dispatcher =
-                    Dispatcher::new(hub.clone(), None, Vec::new(), wiring.members, halt.clone());
-                let input = inputs[root].take();
-                tasks.spawn(run_sync_root(dispatcher, input, halt.clone()));
+                let dispatcher = Dispatcher::new(
+                    hub.clone(),
+                    None,
+                    Vec::new(),
+                    wiring.members,
+                    head.halt.clone(),
+                );
+                let run = run_sync_root(dispatcher, input, head.retire.clone(), head.halt.clone());
+                units.push(head.with_handle(tokio::spawn(run)));
             }
             NodeImpl::Task(task) => {
                 let routes = wiring.routes(root);
@@ -444,37 +930,39 @@ fn spawn_flow(shared: &Arc<EngineShared>, mut flow: Flow) -> RunningFlow {
                     Some(node.monitor.clone()),
                     routes,
                     wiring.members,
-                    halt.clone(),
+                    head.halt.clone(),
                 );
-                let input = inputs[root].take();
                 let is_source = input.is_none();
-                let ctx = NodeCtx {
+                let parts = TaskParts {
                     monitor: node.monitor.clone(),
                     hub: hub.clone(),
                     input,
                     dispatcher,
                     outputs: spec.outputs,
                     catch: catch_for[root].clone(),
-                    stopping: stopping.clone(),
-                    halt: halt.clone(),
+                    stopping: head.stopping.clone(),
+                    retire: head.retire.clone(),
+                    halt: head.halt.clone(),
+                    origin: head.origin.clone(),
                     data_dir: shared.settings.data_dir.clone(),
                     debug: shared.debug.clone(),
                 };
-                let run = run_task_root(task, ctx, node.rebuild.clone());
+                let run = run_task_root(task, parts, node.rebuild.clone());
                 if is_source {
-                    sources.spawn(run);
+                    pending.push(PendingSource {
+                        unit: UnitHead {
+                            source: true,
+                            ..head
+                        },
+                        run: Box::pin(run),
+                    });
                 } else {
-                    tasks.spawn(run);
+                    units.push(head.with_handle(tokio::spawn(run)));
                 }
             }
         }
     }
 
-    let index_to_id: Vec<String> = flow
-        .nodes
-        .iter()
-        .map(|n| n.id.as_str().to_string())
-        .collect();
     let nodes = flow
         .nodes
         .iter()
@@ -485,7 +973,11 @@ fn spawn_flow(shared: &Arc<EngineShared>, mut flow: Flow) -> RunningFlow {
             wires: n
                 .wires
                 .iter()
-                .map(|port| port.iter().map(|&t| index_to_id[t].clone()).collect())
+                .map(|port| {
+                    port.iter()
+                        .map(|&t| flow.nodes[t].id.as_str().to_string())
+                        .collect()
+                })
                 .collect(),
             has_input: n.has_input,
             outputs: n.outputs,
@@ -493,32 +985,53 @@ fn spawn_flow(shared: &Arc<EngineShared>, mut flow: Flow) -> RunningFlow {
             monitor: n.monitor.clone(),
         })
         .collect();
-    RunningFlow {
+    let running = RunningFlow {
         path: flow.path,
         source: flow.source,
         description: flow.description,
+        settings: flow.settings,
         hub,
         stopping,
         halt,
-        sources,
-        tasks,
+        units,
+        queues: slots,
         nodes,
+        configs: flow.configs,
+        config_prints: flow.config_prints,
+    };
+    (running, pending)
+}
+
+/// Takes the input queue (waiting while a predecessor still holds it);
+/// `None` if the flow halts first.
+async fn take_input(
+    input: Arc<Mutex<mpsc::Receiver<Msg>>>,
+    halt: &CancellationToken,
+) -> Option<OwnedMutexGuard<mpsc::Receiver<Msg>>> {
+    tokio::select! {
+        guard = input.lock_owned() => Some(guard),
+        () = halt.cancelled() => None,
     }
 }
 
 /// The task of a sync node with its own queue.
 async fn run_sync_root(
     mut dispatcher: Dispatcher,
-    input: Option<mpsc::Receiver<Msg>>,
+    input: Option<Arc<Mutex<mpsc::Receiver<Msg>>>>,
+    retire: CancellationToken,
     halt: CancellationToken,
 ) {
-    let Some(mut input) = input else {
+    let Some(input) = input else {
         halt.cancelled().await;
+        return;
+    };
+    let Some(mut input) = take_input(input, &halt).await else {
         return;
     };
     loop {
         let msg = tokio::select! {
             biased;
+            () = retire.cancelled() => None,
             msg = input.recv() => msg,
             () = halt.cancelled() => None,
         };
@@ -529,11 +1042,48 @@ async fn run_sync_root(
     }
 }
 
+/// What a task node's [`NodeCtx`] is made of, before its queue is taken.
+struct TaskParts {
+    monitor: Arc<NodeMonitor>,
+    hub: Arc<FlowHub>,
+    input: Option<Arc<Mutex<mpsc::Receiver<Msg>>>>,
+    dispatcher: Dispatcher,
+    outputs: usize,
+    catch: CatchTargets,
+    stopping: CancellationToken,
+    retire: CancellationToken,
+    halt: CancellationToken,
+    origin: Arc<InFlight>,
+    data_dir: PathBuf,
+    debug: DebugBus,
+}
+
 const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(30);
 
-/// The task of a task node: runs it, and rebuilds and restarts it with
-/// backoff if it fails or panics.
-async fn run_task_root(mut node: Box<dyn TaskNode>, mut ctx: NodeCtx, rebuild: Rebuild) {
+/// The task of a task node: takes its queue, runs it, and rebuilds and
+/// restarts it with backoff if it fails or panics.
+async fn run_task_root(mut node: Box<dyn TaskNode>, parts: TaskParts, rebuild: Rebuild) {
+    let input = match parts.input {
+        Some(input) => match take_input(input, &parts.halt).await {
+            Some(guard) => Some(guard),
+            None => return,
+        },
+        None => None,
+    };
+    let mut ctx = NodeCtx {
+        monitor: parts.monitor,
+        hub: parts.hub,
+        input,
+        dispatcher: parts.dispatcher,
+        outputs: parts.outputs,
+        catch: parts.catch,
+        stopping: parts.stopping,
+        retire: parts.retire,
+        halt: parts.halt,
+        origin: parts.origin,
+        data_dir: parts.data_dir,
+        debug: parts.debug,
+    };
     let mut backoff = Duration::from_millis(100);
     loop {
         let result = AssertUnwindSafe(node.run(&mut ctx)).catch_unwind().await;
@@ -543,7 +1093,7 @@ async fn run_task_root(mut node: Box<dyn TaskNode>, mut ctx: NodeCtx, rebuild: R
             Err(panic) => NodeError::new(format!("node panicked: {}", panic_text(&*panic))),
         };
         ctx.report_error(error);
-        if ctx.stopping.is_cancelled() || ctx.halt.is_cancelled() {
+        if ctx.stopping.is_cancelled() || ctx.halt.is_cancelled() || ctx.retire.is_cancelled() {
             return;
         }
         ctx.set_status(NodeStatus::error(format!(
@@ -553,6 +1103,7 @@ async fn run_task_root(mut node: Box<dyn TaskNode>, mut ctx: NodeCtx, rebuild: R
         tokio::select! {
             () = tokio::time::sleep(backoff) => {}
             () = ctx.halt.cancelled() => return,
+            () = ctx.retire.cancelled() => return,
         }
         backoff = (backoff * 2).min(MAX_RESTART_BACKOFF);
         match rebuild.build().map(|spec| spec.imp) {

@@ -535,13 +535,32 @@ nodes:
     );
 }
 
+async fn deploy(engine: &Engine, name: &str, yaml: &str) -> runnel_engine::DeployReport {
+    let flow = engine
+        .loader()
+        .load_str(Path::new(&format!("{name}.yaml")), yaml)
+        .unwrap_or_else(|d| panic!("flow should load:\n{d}"));
+    engine.deploy(flow).await
+}
+
+async fn wait_in_flight(engine: &Engine, flow: &str, at_least: usize) {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while engine.flow(flow).await.map_or(0, |f| f.in_flight) < at_least {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .expect("flow has messages in flight (hang guard)");
+}
+
 #[tokio::test]
-async fn redeploy_replaces_a_flow_and_drains_the_old_one() {
+async fn changed_settings_restart_the_whole_flow_after_draining_it() {
     let mut rx = collect("redeploy");
     let engine = engine(EngineSettings::default());
-    let flow = |add: i64| {
+    let flow = |add: i64, capacity: usize| {
         format!(
             r#"
+settings: {{queue_capacity: {capacity}}}
 nodes:
   - {{id: src, type: t-source, count: 3, wires: [[slow]]}}
   - {{id: slow, type: t-slow, hold_ms: 50, wires: [[step]]}}
@@ -550,16 +569,11 @@ nodes:
 "#
         )
     };
-    start(&engine, "re", &flow(100)).await;
+    start(&engine, "re", &flow(100, 16)).await;
     // Redeploy while the old flow's three messages are still in flight.
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while engine.flow("re").await.map_or(0, |f| f.in_flight) < 3 {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    })
-    .await
-    .expect("old flow has messages in flight");
-    start(&engine, "re", &flow(200)).await;
+    wait_in_flight(&engine, "re", 3).await;
+    let report = deploy(&engine, "re", &flow(200, 32)).await;
+    assert!(report.full, "{report:?}");
     let got: Vec<i64> = take(&mut rx, 6)
         .await
         .iter()
@@ -572,6 +586,120 @@ nodes:
     );
     assert_eq!(&got[3..], &[200, 201, 202]);
     assert_eq!(engine.flow_ids().await.len(), 1);
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_changed_node_is_replaced_while_the_rest_keeps_running() {
+    let mut rx = collect("partial");
+    let engine = engine(EngineSettings::default());
+    let count = 60;
+    let flow = |add: i64| {
+        format!(
+            r#"
+nodes:
+  - {{id: src, type: t-source, count: {count}, wires: [[slow]]}}
+  - {{id: slow, type: t-slow, hold_ms: 5, wires: [[step]]}}
+  - {{id: step, type: t-step, add: {add}, wires: [[tail]]}}
+  - {{id: tail, type: t-slow, hold_ms: 0, wires: [[sink]]}}
+  - {{id: sink, type: test-collect, channel: partial}}
+"#
+        )
+    };
+    start(&engine, "partial", &flow(1000)).await;
+    let before = take(&mut rx, 10).await;
+    let report = deploy(&engine, "partial", &flow(2000)).await;
+    assert!(!report.full, "{report:?}");
+    // `step` changed; `slow` restarts with it (the sync node `step` runs
+    // fused into `slow`'s task). `tail` keeps its queue and keeps running.
+    assert_eq!(report.started, ["slow", "step"], "{report:?}");
+    assert_eq!(report.kept, ["src", "tail", "sink"], "{report:?}");
+    assert!(report.removed.is_empty(), "{report:?}");
+
+    let mut got: Vec<i64> = before
+        .iter()
+        .map(|m| m.payload().as_i64().unwrap())
+        .collect();
+    got.extend(
+        take(&mut rx, count - 10)
+            .await
+            .iter()
+            .map(|m| m.payload().as_i64().unwrap()),
+    );
+    // A restarted source would start again at 0: every index exactly once
+    // means it kept running, and nothing queued for `slow` was lost.
+    let mut indexes: Vec<i64> = got.iter().map(|p| p % 1000).collect();
+    indexes.sort_unstable();
+    assert_eq!(indexes, (0..count as i64).collect::<Vec<_>>(), "{got:?}");
+    // In order, old config first, then the new one, with one switch.
+    let switch = got.iter().position(|&p| p >= 2000).expect("new step ran");
+    assert!(switch >= 10, "{got:?}");
+    assert!(
+        got[..switch].iter().all(|&p| (1000..2000).contains(&p)),
+        "{got:?}"
+    );
+    assert!(got[switch..].iter().all(|&p| p >= 2000), "{got:?}");
+    assert!(got.windows(2).all(|w| w[0] % 1000 < w[1] % 1000), "{got:?}");
+    // Kept nodes' counters carry on.
+    let info = engine.flow("partial").await.unwrap();
+    for kept in ["src", "tail"] {
+        let node = info.nodes.iter().find(|n| n.id == kept).unwrap();
+        assert_eq!(node.counters.sent, count as u64, "{kept}");
+    }
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_removed_node_finishes_its_queue_before_it_stops() {
+    let mut rx = collect("removed");
+    let engine = engine(EngineSettings::default());
+    let before = r#"
+nodes:
+  - {id: src, type: t-source, count: 8, wires: [[slow]]}
+  - {id: slow, type: t-slow, hold_ms: 30, wires: [[sink]]}
+  - {id: sink, type: test-collect, channel: removed}
+"#;
+    let after = r#"
+nodes:
+  - {id: src, type: t-source, count: 8, wires: [[step]]}
+  - {id: step, type: t-step, add: 100, wires: [[sink]]}
+  - {id: sink, type: test-collect, channel: removed}
+"#;
+    start(&engine, "removed", before).await;
+    // All eight are queued at `slow` (or in it) when the redeploy starts.
+    wait_in_flight(&engine, "removed", 8).await;
+    let report = deploy(&engine, "removed", after).await;
+    assert!(!report.full, "{report:?}");
+    assert_eq!(report.removed, ["slow"], "{report:?}");
+    assert_eq!(report.started, ["src", "step", "sink"], "{report:?}");
+    let got: Vec<i64> = take(&mut rx, 16)
+        .await
+        .iter()
+        .map(|m| m.payload().as_i64().unwrap())
+        .collect();
+    // The removed node delivered everything it had queued, then the new
+    // source started (a new instance counts from 0 again).
+    assert_eq!(&got[..8], &[0, 1, 2, 3, 4, 5, 6, 7], "{got:?}");
+    assert_eq!(&got[8..], &[100, 101, 102, 103, 104, 105, 106, 107]);
+    assert_eq!(engine.flow("removed").await.unwrap().in_flight, 0);
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_unchanged_redeploy_restarts_nothing() {
+    let engine = engine(EngineSettings::default());
+    let yaml = r#"
+nodes:
+  - {id: src, type: t-source, count: 1, wires: [[step]]}
+  - {id: step, type: t-step, add: 1, wires: [[sink]]}
+  - {id: sink, type: test-collect, channel: unchanged}
+"#;
+    let _rx = collect("unchanged");
+    start(&engine, "unchanged", yaml).await;
+    let report = deploy(&engine, "unchanged", &format!("# a comment\n{yaml}")).await;
+    assert!(!report.full);
+    assert!(report.started.is_empty(), "{report:?}");
+    assert_eq!(report.kept, ["src", "step", "sink"]);
     engine.shutdown().await;
 }
 

@@ -196,7 +196,13 @@ impl MqttInNode {
     fn message(ctx: &NodeCtx, payload: Value, delivery: Delivery) -> Msg {
         let publish = delivery.publish.clone();
         let mut msg = if delivery.needs_ack() {
-            ctx.new_tracked_msg(payload, move |_outcome| delivery.complete())
+            // A message dropped unprocessed at a stop stays unacknowledged:
+            // the broker delivers it again.
+            ctx.new_tracked_msg(payload, move |outcome| {
+                if !outcome.abandoned {
+                    delivery.complete();
+                }
+            })
         } else {
             drop(delivery);
             ctx.new_msg(payload)

@@ -413,6 +413,15 @@ fn engine() -> Arc<Engine> {
 }
 
 async fn deploy(engine: &Engine, name: &str, yaml: &str, env: &[(&str, &str)]) {
+    deploy_report(engine, name, yaml, env).await;
+}
+
+async fn deploy_report(
+    engine: &Engine,
+    name: &str,
+    yaml: &str,
+    env: &[(&str, &str)],
+) -> runnel_engine::DeployReport {
     let env: HashMap<String, String> = env
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -421,7 +430,7 @@ async fn deploy(engine: &Engine, name: &str, yaml: &str, env: &[(&str, &str)]) {
         .loader()
         .load_with_env(Path::new(&format!("{name}.yaml")), yaml, &env)
         .unwrap_or_else(|d| panic!("flow should load:\n{d}"));
-    engine.deploy(flow).await;
+    engine.deploy(flow).await
 }
 
 async fn next(rx: &mut UnboundedReceiver<Msg>) -> Msg {
@@ -950,24 +959,54 @@ nodes:
     });
 }
 
-/// Redeploying a flow closes the old connection before the new one opens:
-/// the broker never sees two connections with the flow's client id.
+/// Redeploys under QoS 1 load lose nothing and never open a second
+/// connection with the flow's client id: a redeploy that changes a node
+/// downstream of `mqtt-in` (the connection stays, `mqtt-in` keeps running),
+/// one that changes `mqtt-in` itself (replaced on the same connection), and
+/// one that changes the broker node (connection closed, then reopened).
 #[tokio::test]
 async fn redeploy_under_load_keeps_one_connection_and_loses_nothing() {
     let broker = Mosquitto::start(BrokerOpts::default());
     let port = broker.port;
     let mut seen = collect("redeploy");
     let engine = engine();
-    let flow = r#"
+    // `hold` has a queue of its own; `seen` runs fused into its task.
+    let flow = |broker_extra: &str, in_name: &str, seen_name: &str| {
+        format!(
+            r#"
 config:
-  - {id: broker, type: mqtt-broker, host: 127.0.0.1, port: "${PORT}"}
+  - {{id: broker, type: mqtt-broker, host: 127.0.0.1, port: "${{PORT}}"{broker_extra}}}
 nodes:
-  - {id: in, type: mqtt-in, broker: broker, topic: "re/#", qos: 1, wires: [[seen]]}
-  - {id: seen, type: test-collect, channel: redeploy}
-"#;
+  - {{id: in, type: mqtt-in, name: {in_name}, broker: broker, topic: "re/#", qos: 1, wires: [[hold]]}}
+  - {{id: hold, type: delay, delay: 1ms, wires: [[seen]]}}
+  - {{id: seen, type: test-collect, name: {seen_name}, channel: redeploy}}
+"#
+        )
+    };
+    let flows = [
+        (flow("", "a", "a"), [].as_slice(), [].as_slice()),
+        // Downstream changed: mqtt-in keeps running.
+        (
+            flow("", "a", "b"),
+            ["hold", "seen"].as_slice(),
+            ["in"].as_slice(),
+        ),
+        // mqtt-in changed: replaced on the same connection.
+        (
+            flow("", "b", "b"),
+            ["in"].as_slice(),
+            ["hold", "seen"].as_slice(),
+        ),
+        // The broker node changed: every node using it restarts.
+        (
+            flow(", keepalive: 20s", "b", "b"),
+            ["in"].as_slice(),
+            ["hold", "seen"].as_slice(),
+        ),
+    ];
     let env = [("PORT", port.to_string())];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    deploy(&engine, "redeploy", flow, &env).await;
+    deploy(&engine, "redeploy", &flows[0].0, &env).await;
     wait_subscribed(port, "re/probe", &mut seen).await;
     let publisher = std::thread::spawn(move || {
         let mut accepted = Vec::new();
@@ -994,13 +1033,15 @@ nodes:
             }
         }
     });
-    for round in 1..=3 {
+    for (round, (flow, started, kept)) in flows.iter().enumerate().skip(1) {
         let deadline = tokio::time::Instant::now() + GUARD;
         while got.lock().unwrap().len() < 20 * round {
             assert!(tokio::time::Instant::now() < deadline, "traffic stalled");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        deploy(&engine, "redeploy", flow, &env).await;
+        let report = deploy_report(&engine, "redeploy", flow, &env).await;
+        assert_eq!(report.started, *started, "round {round}: {report:?}");
+        assert_eq!(report.kept, *kept, "round {round}: {report:?}");
     }
     let accepted: BTreeSet<i64> = tokio::task::spawn_blocking(move || publisher.join().unwrap())
         .await

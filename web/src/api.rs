@@ -262,17 +262,22 @@ pub async fn put_flow(
     let same_as_running = running
         .as_ref()
         .is_some_and(|(_, running_text)| same_structure(running_text, &text));
-    if !same_as_running {
-        state.engine().deploy(flow).await;
-    }
-    tracing::info!(flow = %name, revision = %rev, saved, deployed = !same_as_running, "flow put");
+    let report = if same_as_running {
+        None
+    } else {
+        Some(state.engine().deploy(flow).await)
+    };
+    tracing::info!(flow = %name, revision = %rev, saved, deployed = report.is_some(), "flow put");
     let mut response = (
         StatusCode::OK,
         Json(json!({
             "name": name,
             "revision": rev,
             "saved": saved,
-            "deployed": !same_as_running,
+            "deployed": report.is_some(),
+            "restarted": report.as_ref().map_or(&[][..], |r| &r.started[..]),
+            "kept": report.as_ref().map_or(&[][..], |r| &r.kept[..]),
+            "removed": report.as_ref().map_or(&[][..], |r| &r.removed[..]),
             "warnings": warnings,
         })),
     )

@@ -43,6 +43,16 @@
     statusBox.className = "editor-status " + (kind || "");
   }
 
+  // "deployed: 2 nodes restarted, 5 kept" from a PUT answer.
+  function deployedText(body) {
+    const restarted = (body.restarted || []).length;
+    const kept = (body.kept || []).length;
+    const removed = (body.removed || []).length;
+    let text = "deployed: " + restarted + (restarted === 1 ? " node" : " nodes") + " restarted, " + kept + " kept";
+    if (removed) text += ", " + removed + " removed";
+    return text;
+  }
+
   function showDiagnostics(errors, warnings) {
     errorLines = new Map();
     const items = [];
@@ -123,7 +133,7 @@
         state.savedText = text;
         document.getElementById("revision").textContent = "revision " + state.revision;
         showDiagnostics([], body.warnings);
-        setStatus(body.deployed ? "deployed" : (body.saved ? "saved; nothing to redeploy" : "no changes"), "ok");
+        setStatus(body.deployed ? deployedText(body) : (body.saved ? "saved; nothing to redeploy" : "no changes"), "ok");
         refreshInfo();
       } else if (status === 400 && body && body.diagnostics) {
         showDiagnostics(body.diagnostics, []);

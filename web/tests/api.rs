@@ -79,6 +79,12 @@ async fn deploy_saves_the_text_atomically_and_runs_the_new_flow() {
     assert_eq!(put.status, StatusCode::OK, "{}", put.text());
     let answer = put.json();
     assert_eq!(answer["deployed"], true);
+    // The source changed; the nodes fused into its task restart with it.
+    assert_eq!(
+        answer["restarted"],
+        serde_json::json!(["tick", "pass", "show"])
+    );
+    assert_eq!(answer["kept"], serde_json::json!([]));
     assert_ne!(answer["revision"], revision.as_str());
 
     let on_disk = std::fs::read_to_string(dir.path().join("ticker.yaml")).unwrap();

@@ -337,12 +337,12 @@ pub async fn editor_scenario(browser: &Browser, s: &Scenario<'_>) -> Duration {
         .wait_for(
             "the deploy answer",
             "const s = document.getElementById('editor-status').textContent; \
-             return s === 'deployed' ? s : (s.startsWith('not deployed') ? 'FAILED: ' + s : null);",
+             return s.startsWith('deployed: ') ? s : (s.startsWith('not deployed') ? 'FAILED: ' + s : null);",
             GUARD,
         )
         .await
         .as_str()
-        .filter(|s| *s == "deployed")
+        .filter(|s| s.starts_with("deployed: ") && s.contains(" restarted"))
         .unwrap_or_else(|| panic!("deploy failed"));
     let deployed_at = Instant::now();
     assert_eq!(
