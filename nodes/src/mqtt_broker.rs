@@ -14,6 +14,12 @@
 //! Building does no I/O. The connection opens when the first node using it
 //! starts and closes when the last one stops (see `mqtt_conn`).
 //!
+//! `protocol: "5"` connects with MQTT 5 (rumqttc's v5 client, same
+//! connection code): `mqtt-in` then sets the message properties
+//! (`msg.userProperties`, `msg.responseTopic`, ...) and `mqtt-out` sends
+//! them. A persistent session is sent with a session expiry interval
+//! (`session_expiry`, default never) so that it survives a reconnect.
+//!
 //! With `embedded:` instead of `host:`, runnel runs the broker itself (see
 //! `mqtt_embedded`): outside clients connect to `listen`, and the flow's
 //! `mqtt-in`/`mqtt-out` nodes talk to it in process, without a socket.
