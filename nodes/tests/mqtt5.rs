@@ -39,11 +39,22 @@ struct Outside {
 }
 
 fn outside(port: u16, subscribe: Option<&str>) -> Outside {
+    outside_with(port, subscribe, &format!("outside-{}", free_port()), false)
+}
+
+/// An outside client with a fixed client id; `persistent` keeps its session
+/// (and the messages queued for it) for an hour after a disconnect.
+fn outside_with(port: u16, subscribe: Option<&str>, client_id: &str, persistent: bool) -> Outside {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let (subscribed_tx, subscribed) = watch::channel(false);
     let acked = Arc::new(AtomicUsize::new(0));
-    let mut options = MqttOptions::new(format!("outside-{}", free_port()), "127.0.0.1", port);
+    let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
     options.set_max_packet_size(Some(1 << 20));
+    if persistent {
+        options
+            .set_clean_start(false)
+            .set_session_expiry_interval(Some(3600));
+    }
     let (client, mut eventloop) = AsyncClient::new(options, 256);
     let filter = subscribe.map(str::to_string);
     let subscriber = client.clone();
@@ -483,6 +494,7 @@ async fn tls_and_credentials_over_mqtt5() {
     let broker = Mosquitto::start(BrokerOpts {
         password: Some(("runnel", "s3cret")),
         tls: true,
+        ..BrokerOpts::default()
     });
     let port = broker.port.to_string();
     let pki = broker.dir.path().to_path_buf();
@@ -690,5 +702,114 @@ nodes:
         1,
         "one MQTT 5 connection, never broken:\n{log}"
     );
+    engine.shutdown().await;
+}
+
+/// Publishes with mosquitto_pub as MQTT 5; true when the broker accepted it.
+fn mosquitto_pub_v5(port: u16, topic: &str, payload: &str) -> bool {
+    Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", topic])
+        .args(["-m", payload, "-q", "1", "-V", "mqttv5"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A QoS 1 pipe (mqtt-in -> mqtt-out on one shared MQTT 5 connection)
+/// while the broker restarts: every message the broker accepted on the
+/// input topic comes out at least once. Exercises the MQTT 5 reconnect,
+/// resubscribe, and resending of unacknowledged publishes.
+#[tokio::test]
+async fn qos1_pipe_survives_a_broker_restart_on_mqtt5() {
+    let mut broker = Mosquitto::start(BrokerOpts {
+        persistence: true,
+        ..BrokerOpts::default()
+    });
+    let port = broker.port;
+    let mut reader = outside_with(port, Some("pipe5/out"), "pipe5-reader", true);
+    let engine = engine();
+    let flow = r#"
+config:
+  - {id: broker, type: mqtt-broker, host: 127.0.0.1, port: "${PORT}", protocol: "5", reconnect_min: 50ms, reconnect_max: 500ms, max_inflight: 8}
+nodes:
+  - {id: in, type: mqtt-in, broker: broker, topic: "pipe5/in", qos: 1, wires: [[out]]}
+  - {id: out, type: mqtt-out, broker: broker, topic: pipe5/out, qos: 1}
+"#;
+    deploy(&engine, "pipe5", flow, port).await;
+    reader.wait_subscribed().await;
+    // Up once a probe comes through the whole pipe.
+    let deadline = tokio::time::Instant::now() + GUARD;
+    loop {
+        assert!(tokio::time::Instant::now() < deadline, "pipe never came up");
+        tokio::task::spawn_blocking(move || mosquitto_pub_v5(port, "pipe5/in", "{}"))
+            .await
+            .unwrap();
+        if let Ok(Some(_)) =
+            tokio::time::timeout(Duration::from_millis(300), reader.rx.recv()).await
+        {
+            break;
+        }
+    }
+    let (accepted_tx, accepted_rx) = std::sync::mpsc::channel::<i64>();
+    let publisher = std::thread::spawn(move || {
+        for n in 0..200_i64 {
+            let payload = format!(r#"{{"n": {n}}}"#);
+            // While the broker is down a publish fails; retry it (bounded)
+            // so the run spans the restart however slow the machine is.
+            let give_up = std::time::Instant::now() + GUARD;
+            loop {
+                if mosquitto_pub_v5(port, "pipe5/in", &payload) {
+                    accepted_tx.send(n).unwrap();
+                    break;
+                }
+                if std::time::Instant::now() > give_up {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    });
+    let mut got = BTreeSet::new();
+    while got.len() < 50 {
+        let n = n_of_json(&reader.next().await.payload);
+        if n >= 0 {
+            got.insert(n);
+        }
+    }
+    broker.stop();
+    std::thread::sleep(Duration::from_millis(300));
+    broker.spawn();
+    tokio::task::spawn_blocking(move || publisher.join().unwrap())
+        .await
+        .unwrap();
+    let accepted: BTreeSet<i64> = accepted_rx.try_iter().collect();
+    assert!(
+        accepted.len() > 50,
+        "the publisher got too few messages through"
+    );
+    let deadline = tokio::time::Instant::now() + GUARD;
+    while !accepted.is_subset(&got) {
+        let missing: Vec<_> = accepted.difference(&got).take(10).collect();
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "accepted messages never came out: {missing:?}\n{}",
+            broker
+                .log()
+                .lines()
+                .rev()
+                .take(40)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        if let Ok(Some(publish)) =
+            tokio::time::timeout(Duration::from_millis(500), reader.rx.recv()).await
+        {
+            let n = n_of_json(&publish.payload);
+            if n >= 0 {
+                got.insert(n);
+            }
+        }
+    }
     engine.shutdown().await;
 }

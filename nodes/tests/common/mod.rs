@@ -32,13 +32,16 @@ pub struct BrokerOpts {
     /// TLS with a CA generated now (openssl), requiring client
     /// certificates; the files are in [`Mosquitto::dir`].
     pub tls: bool,
+    /// `persistence true`: sessions and queued messages survive
+    /// [`Mosquitto::stop`] and [`Mosquitto::spawn`].
+    pub persistence: bool,
 }
 
 /// A Mosquitto on a free port, killed on drop.
 pub struct Mosquitto {
     pub port: u16,
     pub dir: tempfile::TempDir,
-    child: Child,
+    child: Option<Child>,
 }
 
 impl Mosquitto {
@@ -53,9 +56,17 @@ impl Mosquitto {
         // mosquitto user and could not write its log into our private
         // temporary directory (ignored when not root).
         let mut conf = format!(
-            "user root\nlistener {port} 127.0.0.1\npersistence false\nmax_queued_messages 0\nlog_dest file {}\nlog_type all\n",
+            "user root\nlistener {port} 127.0.0.1\nmax_queued_messages 0\nlog_dest file {}\nlog_type all\n",
             dir.path().join("mosquitto.log").display()
         );
+        if opts.persistence {
+            conf.push_str(&format!(
+                "persistence true\npersistence_location {}/\nautosave_interval 1\n",
+                dir.path().display()
+            ));
+        } else {
+            conf.push_str("persistence false\n");
+        }
         if opts.tls {
             make_test_pki(dir.path());
             let d = dir.path().display();
@@ -83,24 +94,45 @@ impl Mosquitto {
             None => conf.push_str("allow_anonymous true\n"),
         }
         std::fs::write(dir.path().join("mosquitto.conf"), conf).unwrap();
+        let mut broker = Mosquitto {
+            port,
+            dir,
+            child: None,
+        };
+        broker.spawn();
+        broker
+    }
+
+    /// Starts the broker (again) and waits until it listens.
+    pub fn spawn(&mut self) {
         let child = Command::new("mosquitto")
             .arg("-c")
-            .arg(dir.path().join("mosquitto.conf"))
+            .arg(self.dir.path().join("mosquitto.conf"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let broker = Mosquitto { port, dir, child };
+        self.child = Some(child);
         let deadline = std::time::Instant::now() + GUARD;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             assert!(
                 std::time::Instant::now() < deadline,
                 "mosquitto did not start:\n{}",
-                broker.log()
+                self.log()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        broker
+    }
+
+    /// Stops the broker with SIGTERM (it saves its persistence file).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let _ = child.wait();
+        }
     }
 
     pub fn log(&self) -> String {
@@ -110,8 +142,10 @@ impl Mosquitto {
 
 impl Drop for Mosquitto {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
