@@ -120,6 +120,7 @@ async fn the_editor_runs_the_seed_flow_end_to_end() {
             broken_from: "type: change",
             broken_to: "type: chnage",
             shots: "editor",
+            other: None,
         },
     )
     .await;

@@ -15,6 +15,8 @@
     nodes: new Map(), // id -> NodeInfo
     paused: false,
     filter: "",
+    scope: "flow", // "flow": this flow's debug nodes; "all": every flow's
+    socket: null,
     skipped: 0,
     trace: null, // last trace answer, re-applied after a redraw
   };
@@ -298,6 +300,7 @@
     },
     el("div", { class: "debug-head" },
       el("span", { class: "time" }, event.time),
+      el("span", { class: "flow" }, event.flow === flow ? "" : event.flow),
       el("span", { class: "node" }, event.node),
       el("span", { class: "msgid" }, event.msgid)),
     el("pre", { class: "debug-msg" }, JSON.stringify(shown, null, 1)));
@@ -335,7 +338,9 @@
 
   function connectDebug() {
     const conn = document.getElementById("debug-conn");
-    const socket = new WebSocket(wsUrl("/api/debug?flow=" + encodeURIComponent(flow)));
+    const path = state.scope === "all" ? "/api/debug" : "/api/debug?flow=" + encodeURIComponent(flow);
+    const socket = new WebSocket(wsUrl(path));
+    state.socket = socket;
     socket.addEventListener("open", () => { conn.textContent = "live"; conn.className = "ok"; });
     socket.addEventListener("message", (message) => {
       let frame;
@@ -351,6 +356,7 @@
       document.getElementById("debug-skipped").textContent = fmtNumber(state.skipped);
     });
     socket.addEventListener("close", (event) => {
+      if (socket !== state.socket) return; // replaced on purpose (scope change)
       conn.textContent = "disconnected, retrying…";
       conn.className = "error";
       if (event.code === 1008 || event.code === 4401) Runnel.askToken().then(connectDebug);
@@ -373,6 +379,16 @@
   document.getElementById("debug-filter").addEventListener("change", (event) => {
     state.filter = event.target.value;
     applyFilter();
+  });
+  document.getElementById("debug-scope").addEventListener("change", (event) => {
+    state.scope = event.target.value;
+    const old = state.socket;
+    state.socket = null;
+    if (old) old.close();
+    pending = [];
+    debugList.replaceChildren();
+    debugCount.textContent = "0";
+    connectDebug();
   });
 
   // --------------------------------------------------------------- trace

@@ -15,7 +15,10 @@ use common::{Server, flows_dir, tick_flow};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_editor_shows_edits_deploys_and_traces_a_flow() {
-    let dir = flows_dir(&[("ticker", &tick_flow("\"first\"", 200))]);
+    let dir = flows_dir(&[
+        ("ticker", &tick_flow("\"first\"", 200)),
+        ("other", &tick_flow("\"elsewhere\"", 200)),
+    ]);
     let server = Server::start(dir.path(), None).await;
     let browser = Browser::start().await;
 
@@ -45,6 +48,7 @@ async fn the_editor_shows_edits_deploys_and_traces_a_flow() {
             broken_from: "type: test-pass",
             broken_to: "type: test-pas",
             shots: "web-editor",
+            other: Some(("other", "elsewhere")),
         },
     )
     .await;

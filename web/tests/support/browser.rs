@@ -205,6 +205,9 @@ pub struct Scenario<'a> {
     pub broken_to: &'a str,
     /// Prefix for screenshot names.
     pub shots: &'a str,
+    /// Another running flow and a text its debug messages carry: shown
+    /// only when the debug sidebar is set to all flows.
+    pub other: Option<(&'a str, &'a str)>,
 }
 
 const GUARD: Duration = Duration::from_secs(20);
@@ -472,5 +475,50 @@ pub async fn editor_scenario(browser: &Browser, s: &Scenario<'_>) -> Duration {
             GUARD,
         )
         .await;
+
+    // 6. The debug sidebar by flow: this flow's messages only, or all.
+    if let Some((other_flow, other_text)) = s.other {
+        let shown = browser.run(&find_debug(other_text)).await;
+        assert_eq!(
+            shown,
+            Json::Null,
+            "another flow's message shown for this flow"
+        );
+        set_scope(browser, "all").await;
+        let found = browser
+            .wait_for(
+                "another flow's debug message",
+                &format!(
+                    "const e = [...document.querySelectorAll('#debug-list .debug-entry')]\
+                     .find(e => e.textContent.includes({})); \
+                     return e ? e.querySelector('.flow').textContent : null;",
+                    js_string(other_text)
+                ),
+                GUARD,
+            )
+            .await;
+        assert_eq!(found, json!(other_flow));
+        browser
+            .wait_for("this flow's debug message", &find_debug(s.after), GUARD)
+            .await;
+        browser.screenshot(&format!("{}-all-flows", s.shots)).await;
+        set_scope(browser, "flow").await;
+        browser
+            .wait_for("this flow again", &find_debug(s.after), GUARD)
+            .await;
+        let shown = browser.run(&find_debug(other_text)).await;
+        assert_eq!(shown, Json::Null, "the list was not cleared on the switch");
+    }
     latency
+}
+
+/// Sets the debug sidebar's flow filter (`flow` or `all`).
+async fn set_scope(browser: &Browser, scope: &str) {
+    browser
+        .run(&format!(
+            "const s = document.getElementById('debug-scope'); s.value = {}; \
+             s.dispatchEvent(new Event('change')); return true;",
+            js_string(scope)
+        ))
+        .await;
 }
