@@ -163,12 +163,14 @@ impl NodeType for MqttOut {
             .into_iter()
             .find_map(|(field, set)| set.then_some(field))
             .unwrap_or("user_properties");
+            let fix = if broker.embedded().is_some() {
+                "the embedded broker speaks MQTT 3.1.1 only".to_string()
+            } else {
+                format!("set protocol: \"5\" on the mqtt-broker {:?}", config.broker)
+            };
             return Err(BuildError::field(
                 field,
-                format!(
-                    "`{field}` is an MQTT 5 property: set protocol: \"5\" on the mqtt-broker {:?}",
-                    config.broker
-                ),
+                format!("`{field}` is an MQTT 5 property: {fix}"),
             ));
         }
         Ok(NodeSpec::task(
@@ -310,7 +312,43 @@ impl TaskNode for MqttOutNode {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use std::path::Path;
+
+    use runnel_engine::{EngineSettings, EngineShared, Loader, Registry};
+
     use super::*;
+
+    fn load(protocol: &str, out: &str) -> Result<(), String> {
+        let mut registry = Registry::new();
+        registry.register_config::<MqttBroker>();
+        registry.register::<MqttOut>();
+        let text = format!(
+            "config:\n  - {{id: b, type: mqtt-broker, host: h, protocol: \"{protocol}\"}}\nnodes:\n  - {{id: out, type: mqtt-out, broker: b, topic: t, {out}}}\n"
+        );
+        let loader = Loader::new(
+            registry.into_shared(),
+            EngineShared::new(EngineSettings::default()),
+        );
+        loader
+            .load_with_env(
+                Path::new("flow.yaml"),
+                &text,
+                &std::collections::HashMap::new(),
+            )
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn mqtt5_properties_in_the_config_need_an_mqtt5_broker() {
+        let config = "content_type: text/plain, user_properties: {a: b}, message_expiry: 1m, response_topic: r, correlation_data: c";
+        load("5", config).unwrap();
+        let error = load("3.1.1", "content_type: text/plain").unwrap_err();
+        assert!(error.contains("content_type"), "{error}");
+        assert!(error.contains("protocol"), "{error}");
+        let error = load("5", "response_topic: \"a/+\"").unwrap_err();
+        assert!(error.contains("response_topic"), "{error}");
+    }
 
     #[test]
     fn payloads_encode_like_node_red() {
