@@ -82,12 +82,16 @@ impl Client {
         }
     }
 
-    /// Queues DISCONNECT.
+    /// Queues DISCONNECT (nothing to do when the event loop is gone).
     pub async fn disconnect(&self) {
-        let _ = match self {
-            Client::V4(client) => client.disconnect().await.map_err(|e| e.to_string()),
-            Client::V5(client) => client.disconnect().await.map_err(|e| e.to_string()),
-        };
+        match self {
+            Client::V4(client) => {
+                let _ = client.disconnect().await;
+            }
+            Client::V5(client) => {
+                let _ = client.disconnect().await;
+            }
+        }
     }
 }
 
