@@ -92,7 +92,11 @@ pub(crate) fn prepare(mut doc: Value, options: &GeoOptions) -> GeoResult<Prepare
     };
     let object = doc::as_object_mut(&mut doc)?;
     object.remove(REV_FIELD);
-    object.insert(ID_FIELD.to_owned(), Value::String(id.clone()));
+    // Usually the id was read from `_id` as a string: nothing to write then.
+    let in_place = matches!(object.get(ID_FIELD), Some(Value::String(stored)) if *stored == id);
+    if !in_place {
+        object.insert(ID_FIELD.to_owned(), Value::String(id.clone()));
+    }
     Ok(PreparedDoc {
         id,
         body: doc,

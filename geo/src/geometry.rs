@@ -38,15 +38,15 @@ pub fn parse_geometry(value: &Value, field: &str) -> GeoResult<Geometry<f64>> {
         ));
     };
     // Lat/lon first: device payloads carry their own `type` (e.g. `"GPS"`).
-    if object.contains_key("latitude") || object.contains_key("longitude") {
-        let latitude = number(object.get("latitude"), &format!("{field}.latitude"))?;
-        let longitude = number(object.get("longitude"), &format!("{field}.longitude"))?;
-        let coord = checked_coord(
-            longitude,
-            latitude,
-            &format!("{field}.longitude"),
-            &format!("{field}.latitude"),
-        )?;
+    // Field names are only formatted on error: this runs for every stored document.
+    let latitude = object.get("latitude");
+    let longitude = object.get("longitude");
+    if latitude.is_some() || longitude.is_some() {
+        let latitude_field = || format!("{field}.latitude");
+        let longitude_field = || format!("{field}.longitude");
+        let latitude = number_at(latitude, latitude_field)?;
+        let longitude = number_at(longitude, longitude_field)?;
+        let coord = coord_at(longitude, latitude, longitude_field, latitude_field)?;
         return Ok(Geometry::Point(Point(coord)));
     }
     if object.contains_key("type") {
@@ -63,15 +63,16 @@ pub fn envelope(geometry: &Geometry<f64>) -> Option<Rect<f64>> {
     geometry.bounding_rect()
 }
 
-fn number(value: Option<&Value>, field: &str) -> GeoResult<f64> {
+/// A finite JSON number; the field name is built only on error.
+fn number_at(value: Option<&Value>, field: impl Fn() -> String) -> GeoResult<f64> {
     match value {
-        None | Some(Value::Null) => Err(GeoError::geometry(field, "missing")),
+        None | Some(Value::Null) => Err(GeoError::geometry(field(), "missing")),
         Some(Value::Number(number)) => number
             .as_f64()
             .filter(|float| float.is_finite())
-            .ok_or_else(|| GeoError::geometry(field, "not a finite number")),
+            .ok_or_else(|| GeoError::geometry(field(), "not a finite number")),
         Some(other) => Err(GeoError::geometry(
-            field,
+            field(),
             format!("expected a number, found {}", json_kind(other)),
         )),
     }
@@ -95,15 +96,30 @@ pub(crate) fn checked_coord(
     longitude_field: &str,
     latitude_field: &str,
 ) -> GeoResult<Coord<f64>> {
+    coord_at(
+        longitude,
+        latitude,
+        || longitude_field.to_owned(),
+        || latitude_field.to_owned(),
+    )
+}
+
+/// [`checked_coord`] with the field names built only on error.
+fn coord_at(
+    longitude: f64,
+    latitude: f64,
+    longitude_field: impl Fn() -> String,
+    latitude_field: impl Fn() -> String,
+) -> GeoResult<Coord<f64>> {
     if !latitude.is_finite() || !(-90.0..=90.0).contains(&latitude) {
         return Err(GeoError::geometry(
-            latitude_field,
+            latitude_field(),
             format!("latitude {latitude} is outside [-90, 90]"),
         ));
     }
     if !longitude.is_finite() || !(-180.0..=180.0).contains(&longitude) {
         return Err(GeoError::geometry(
-            longitude_field,
+            longitude_field(),
             format!("longitude {longitude} is outside [-180, 180]"),
         ));
     }
@@ -200,14 +216,14 @@ fn position(value: &Value, field: &str) -> GeoResult<Coord<f64>> {
             format!("a position needs 2 or 3 numbers, found {}", items.len()),
         ));
     }
-    let longitude_field = format!("{field}[0]");
-    let latitude_field = format!("{field}[1]");
-    let longitude = number(items.first(), &longitude_field)?;
-    let latitude = number(items.get(1), &latitude_field)?;
+    let longitude_field = || format!("{field}[0]");
+    let latitude_field = || format!("{field}[1]");
+    let longitude = number_at(items.first(), longitude_field)?;
+    let latitude = number_at(items.get(1), latitude_field)?;
     if let Some(altitude) = items.get(2) {
-        number(Some(altitude), &format!("{field}[2]"))?;
+        number_at(Some(altitude), || format!("{field}[2]"))?;
     }
-    checked_coord(longitude, latitude, &longitude_field, &latitude_field)
+    coord_at(longitude, latitude, longitude_field, latitude_field)
 }
 
 fn positions(value: &Value, field: &str) -> GeoResult<Vec<Coord<f64>>> {

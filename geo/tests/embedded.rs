@@ -338,3 +338,87 @@ async fn stores_are_visible_to_queries_and_gets_when_they_return() {
         Err(GeoError::Closed)
     ));
 }
+
+/// Stores written before 2026-12-01 kept documents (`docs`: id → `<rev>\n<JSON>`) and
+/// geometries (`geometry`) in two tables; opening one converts it to one record per
+/// document, keeping every revision, and re-extraction after a geometry path change
+/// still covers every document (it rewrites records a chunk at a time).
+#[tokio::test]
+async fn two_table_stores_are_converted_at_open() {
+    use redb::{ReadableDatabase, TableDefinition};
+    const DOCS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("docs");
+    const GEOMETRY: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("geometry");
+    const META: TableDefinition<'_, &str, &str> = TableDefinition::new("meta");
+    const COUNT: usize = 5000;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join(runnel_geo::DATABASE_FILE);
+    {
+        let db = redb::Database::create(&file).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut docs = txn.open_table(DOCS).unwrap();
+            let mut geometry = txn.open_table(GEOMETRY).unwrap();
+            let mut meta = txn.open_table(META).unwrap();
+            for n in 0..COUNT {
+                let id = format!("dev{n:05}");
+                let doc = device(&id, -87.0 - n as f64 / 1e4, 41.0);
+                let record = format!("2-{n:032x}\n{doc}");
+                docs.insert(id.as_str(), record.as_bytes()).unwrap();
+                geometry.insert(id.as_str(), [0_u8; 17].as_slice()).unwrap();
+            }
+            meta.insert("geometry_path", "d.location").unwrap();
+        }
+        txn.commit().unwrap();
+    }
+
+    let store = EmbeddedBackend::open(dir.path(), device_options())
+        .await
+        .unwrap();
+    assert_eq!(store.len(), COUNT);
+    let doc = store.get("dev00007").await.unwrap().unwrap();
+    assert_eq!(doc["_rev"], json!(format!("2-{:032x}", 7)));
+    assert_eq!(doc["d"]["location"]["longitude"], json!(-87.0007));
+    let near = store
+        .query(&params(&[
+            ("lat", "41"),
+            ("lon", "-87.0007"),
+            ("radius", "1"),
+        ]))
+        .await
+        .unwrap();
+    assert_eq!(ids(&near), ["dev00007"]);
+    let next = store.store(device("dev00007", 0.0, 0.0)).await.unwrap();
+    assert!(next.rev.starts_with("3-"), "{}", next.rev);
+    store.close().await.unwrap();
+    drop(store);
+    {
+        let db = redb::Database::open(&file).unwrap();
+        let read = db.begin_read().unwrap();
+        let tables: Vec<String> = read
+            .list_tables()
+            .unwrap()
+            .map(|table| redb::TableHandle::name(&table).to_owned())
+            .collect();
+        assert!(
+            !tables
+                .iter()
+                .any(|name| name == "docs" || name == "geometry")
+        );
+    }
+
+    let elsewhere = GeoOptions {
+        geometry_path: "elsewhere".into(),
+        ..GeoOptions::default()
+    };
+    let store = EmbeddedBackend::open(dir.path(), elsewhere).await.unwrap();
+    assert_eq!(store.len(), 0);
+    store.close().await.unwrap();
+    drop(store);
+    let store = EmbeddedBackend::open(dir.path(), device_options())
+        .await
+        .unwrap();
+    assert_eq!(store.len(), COUNT);
+    let doc = store.get("dev00007").await.unwrap().unwrap();
+    assert!(doc["_rev"].as_str().unwrap().starts_with("3-"));
+    store.close().await.unwrap();
+}

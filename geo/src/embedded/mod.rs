@@ -4,7 +4,8 @@
 //!   pending writes and commits them in a single redb transaction (group commit,
 //!   `Durability::Immediate`). A `store` returns once the transaction holding it is
 //!   durable on disk. See [`writer`] for the pipeline.
-//! - **Index.** At open the R-tree is bulk-loaded from the compact `geometry` table; after
+//! - **Index.** At open the R-tree is bulk-loaded from the geometry bytes at the front of
+//!   each record (no document JSON is parsed); after
 //!   each commit a publisher thread applies the batch to it before answering, so a caller
 //!   reads its own writes.
 //! - **Queries** run on the blocking pool: R-tree candidates, exact test in memory with
@@ -20,7 +21,7 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use async_trait::async_trait;
-use redb::{Database, ReadableDatabase, ReadableTable};
+use redb::{Database, ReadableDatabase, ReadableTable, TableHandle};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
@@ -29,7 +30,7 @@ use crate::error::{GeoError, GeoResult};
 use crate::geometry::extract_geometry;
 use crate::query::{MAX_RADIUS_METRES, Query};
 use codec::{
-    DOCS, GEOMETRY, META, META_GEOMETRY_PATH, decode_doc, decode_geometry, encode_geometry,
+    DOCS, LEGACY_DOCS, LEGACY_GEOMETRY, META, META_GEOMETRY_PATH, Record, Tail, parse_legacy_doc,
 };
 use index::{IndexEntry, SpatialIndex};
 use writer::{Counters, WriteOp, WriteOutcome, WriteRequest};
@@ -115,40 +116,60 @@ impl EmbeddedBackend {
         &self.shared.path
     }
 
+    /// Queues a write and waits for its batch to be durable and indexed.
+    ///
+    /// The usual case (room in the queue) sends without waiting, so this future stays
+    /// small: `store` futures are boxed once per call, and glibc's malloc gets much
+    /// slower for blocks past 1 KiB (it consolidates its free lists first).
     async fn submit(&self, op: WriteOp) -> GeoResult<WriteOutcome> {
-        let requests = self
+        let (reply, answer) = oneshot::channel();
+        let sent = self
             .writer
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .as_ref()
-            .map(|writer| writer.requests.clone())
-            .ok_or(GeoError::Closed)?;
-        let (reply, answer) = oneshot::channel();
-        requests
-            .send(WriteRequest { op, reply })
-            .await
-            .map_err(|_| GeoError::Closed)?;
+            .map(
+                |writer| match writer.requests.try_send(WriteRequest { op, reply }) {
+                    Ok(()) => Ok(None),
+                    Err(mpsc::error::TrySendError::Full(request)) => {
+                        Ok(Some((writer.requests.clone(), request)))
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => Err(GeoError::Closed),
+                },
+            )
+            .ok_or(GeoError::Closed)??;
+        if let Some((requests, request)) = sent {
+            // The queue is full: wait for room (tokio hands freed slots to waiters
+            // in order, so `try_send` never overtakes them).
+            Box::pin(requests.send(request))
+                .await
+                .map_err(|_| GeoError::Closed)?;
+        }
         answer.await.map_err(|_| GeoError::Closed)?
+    }
+
+    /// Everything a store needs that does not depend on the previous revision, done
+    /// by the caller so the single writer thread only does what must be serial. The
+    /// document is dropped here, on the caller's thread.
+    fn prepare_put(&self, doc: Value) -> GeoResult<(String, WriteOp)> {
+        let prepared = prepare(doc, &self.shared.options)?;
+        let tail = Tail::new(Some(&prepared.geometry), &prepared.body)?;
+        let key: Arc<str> = Arc::from(prepared.id.as_str());
+        let op = WriteOp::Put {
+            entry: IndexEntry::new(Arc::clone(&key), prepared.geometry),
+            id: key,
+            tail,
+        };
+        Ok((prepared.id, op))
     }
 }
 
 #[async_trait]
 impl GeoBackend for EmbeddedBackend {
     async fn store(&self, doc: Value) -> GeoResult<StoredDoc> {
-        // Everything that does not need the previous revision is done here, by the
-        // caller, so the single writer thread only does what must be serial.
-        let prepared = prepare(doc, &self.shared.options)?;
-        let body = serde_json::to_vec(&prepared.body)
-            .map_err(|error| GeoError::document(error.to_string()))?;
-        let id: Arc<str> = Arc::from(prepared.id);
-        let op = WriteOp::Put {
-            geometry: encode_geometry(&prepared.geometry),
-            entry: IndexEntry::new(Arc::clone(&id), prepared.geometry),
-            id,
-            body,
-        };
+        let (id, op) = self.prepare_put(doc)?;
         match self.submit(op).await? {
-            WriteOutcome::Stored(stored) => Ok(stored),
+            WriteOutcome::Stored(rev) => Ok(StoredDoc { id, rev }),
             WriteOutcome::Deleted(_) => Err(GeoError::Storage {
                 reason: "writer answered a store with a delete".to_owned(),
             }),
@@ -234,34 +255,47 @@ fn open_blocking(dir: &Path, options: GeoOptions) -> GeoResult<Shared> {
     let started = Instant::now();
     let db = Database::create(&path).map_err(GeoError::storage)?;
     let txn = db.begin_write().map_err(GeoError::storage)?;
+    let legacy = txn
+        .list_tables()
+        .map_err(GeoError::storage)?
+        .any(|table| table.name() == LEGACY_DOCS.name());
     {
         let mut docs = txn.open_table(DOCS).map_err(GeoError::storage)?;
-        let mut geometry = txn.open_table(GEOMETRY).map_err(GeoError::storage)?;
         let mut meta = txn.open_table(META).map_err(GeoError::storage)?;
         let recorded = meta
             .get(META_GEOMETRY_PATH)
             .map_err(GeoError::storage)?
             .map(|guard| guard.value().to_owned());
-        if recorded.as_deref() != Some(options.geometry_path.as_str()) {
-            // The geometry table was extracted with another path (or never): redo it.
-            reextract_geometry(&mut docs, &mut geometry, &options.geometry_path)?;
-            meta.insert(META_GEOMETRY_PATH, options.geometry_path.as_str())
-                .map_err(GeoError::storage)?;
+        if legacy {
+            let old = txn.open_table(LEGACY_DOCS).map_err(GeoError::storage)?;
+            convert_legacy(&old, &mut docs, &options.geometry_path)?;
+        } else if recorded.as_deref() != Some(options.geometry_path.as_str()) {
+            // The records' geometries were extracted with another path (or never).
+            reextract_geometry(&mut docs, &options.geometry_path)?;
         }
+        meta.insert(META_GEOMETRY_PATH, options.geometry_path.as_str())
+            .map_err(GeoError::storage)?;
+    }
+    if legacy {
+        txn.delete_table(LEGACY_DOCS).map_err(GeoError::storage)?;
+        txn.delete_table(LEGACY_GEOMETRY)
+            .map_err(GeoError::storage)?;
     }
     txn.commit().map_err(GeoError::storage)?;
 
     let mut entries = Vec::new();
     let read = db.begin_read().map_err(GeoError::storage)?;
-    let geometry = read.open_table(GEOMETRY).map_err(GeoError::storage)?;
-    for row in geometry.iter().map_err(GeoError::storage)? {
+    let docs = read.open_table(DOCS).map_err(GeoError::storage)?;
+    for row in docs.iter().map_err(GeoError::storage)? {
         let (id, bytes) = row.map_err(GeoError::storage)?;
-        let decoded = decode_geometry(bytes.value())?;
-        if let Some(entry) = IndexEntry::new(Arc::from(id.value()), decoded) {
+        let Some(geometry) = Record::parse(bytes.value())?.geometry()? else {
+            continue;
+        };
+        if let Some(entry) = IndexEntry::new(Arc::from(id.value()), geometry) {
             entries.push(entry);
         }
     }
-    drop(geometry);
+    drop(docs);
     drop(read);
     let count = entries.len();
     let index = SpatialIndex::bulk_load(entries);
@@ -280,35 +314,112 @@ fn open_blocking(dir: &Path, options: GeoOptions) -> GeoResult<Shared> {
     })
 }
 
-fn reextract_geometry(
-    docs: &mut redb::Table<'_, &str, &[u8]>,
-    geometry: &mut redb::Table<'_, &str, &[u8]>,
-    geometry_path: &str,
-) -> GeoResult<()> {
-    geometry.retain(|_, _| false).map_err(GeoError::storage)?;
-    let mut skipped = 0_u64;
-    for row in docs.iter().map_err(GeoError::storage)? {
-        let (id, bytes) = row.map_err(GeoError::storage)?;
-        let doc = decode_doc(bytes.value())?;
-        match extract_geometry(&doc, geometry_path) {
-            Ok(shape) => {
-                geometry
-                    .insert(id.value(), encode_geometry(&shape).as_slice())
-                    .map_err(GeoError::storage)?;
-            }
-            Err(error) => {
-                skipped += 1;
-                tracing::warn!(id = id.value(), %error, "document left out of the geo index");
-            }
+/// The geometry bytes of a document at `geometry_path`; empty (not indexed) when it has
+/// none there.
+fn extract_encoded(id: &str, body: &[u8], geometry_path: &str, skipped: &mut u64) -> Vec<u8> {
+    let corrupt = |error: &dyn std::fmt::Display| {
+        tracing::warn!(id, %error, "document left out of the geo index");
+    };
+    let doc: Value = match serde_json::from_slice(body) {
+        Ok(doc) => doc,
+        Err(error) => {
+            corrupt(&error);
+            *skipped += 1;
+            return Vec::new();
+        }
+    };
+    match extract_geometry(&doc, geometry_path) {
+        Ok(shape) => {
+            let mut bytes = Vec::new();
+            codec::encode_geometry(&mut bytes, &shape);
+            bytes
+        }
+        Err(error) => {
+            corrupt(&error);
+            *skipped += 1;
+            Vec::new()
         }
     }
+}
+
+fn warn_skipped(skipped: u64, geometry_path: &str) {
     if skipped > 0 {
         tracing::warn!(
             skipped,
             geometry_path,
-            "geometry path changed; some documents have no geometry"
+            "some documents have no geometry at the geometry path"
         );
     }
+}
+
+/// Converts the two-table layout (`docs` + `geometry`) into one record per document,
+/// keeping every revision and document byte for byte.
+fn convert_legacy(
+    old: &redb::Table<'_, &str, &[u8]>,
+    docs: &mut redb::Table<'_, &str, &[u8]>,
+    geometry_path: &str,
+) -> GeoResult<()> {
+    let started = Instant::now();
+    let mut converted = 0_u64;
+    let mut skipped = 0_u64;
+    for row in old.iter().map_err(GeoError::storage)? {
+        let (id, bytes) = row.map_err(GeoError::storage)?;
+        let (rev, body) = parse_legacy_doc(bytes.value())?;
+        let geometry = extract_encoded(id.value(), body, geometry_path, &mut skipped);
+        let record = Tail::from_parts(&geometry, body)?.to_record(rev)?;
+        docs.insert(id.value(), record.as_slice())
+            .map_err(GeoError::storage)?;
+        converted += 1;
+    }
+    warn_skipped(skipped, geometry_path);
+    tracing::info!(
+        documents = converted,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "converted the geo store to one record per document"
+    );
+    Ok(())
+}
+
+/// Re-extracts every record's geometry at `geometry_path`, a chunk of records at a time
+/// (a table cannot be written while it is iterated).
+fn reextract_geometry(
+    docs: &mut redb::Table<'_, &str, &[u8]>,
+    geometry_path: &str,
+) -> GeoResult<()> {
+    use std::ops::Bound;
+    const CHUNK: usize = 4096;
+    let mut skipped = 0_u64;
+    let mut after: Option<String> = None;
+    loop {
+        let mut chunk = Vec::with_capacity(CHUNK);
+        {
+            let lower = match &after {
+                Some(id) => Bound::Excluded(id.as_str()),
+                None => Bound::Unbounded,
+            };
+            let rows = docs
+                .range::<&str>((lower, Bound::Unbounded))
+                .map_err(GeoError::storage)?;
+            for row in rows.take(CHUNK) {
+                let (id, bytes) = row.map_err(GeoError::storage)?;
+                let record = Record::parse(bytes.value())?;
+                let geometry =
+                    extract_encoded(id.value(), record.body, geometry_path, &mut skipped);
+                let rewritten = Tail::from_parts(&geometry, record.body)?.to_record(record.rev)?;
+                chunk.push((id.value().to_owned(), rewritten));
+            }
+        }
+        let Some((last, _)) = chunk.last() else {
+            break;
+        };
+        let last = last.clone();
+        for (id, record) in &chunk {
+            docs.insert(id.as_str(), record.as_slice())
+                .map_err(GeoError::storage)?;
+        }
+        after = Some(last);
+    }
+    warn_skipped(skipped, geometry_path);
     Ok(())
 }
 
@@ -343,7 +454,7 @@ fn read_docs<'a>(db: &Database, ids: impl Iterator<Item = &'a str>) -> GeoResult
     let mut found = Vec::new();
     for id in ids {
         if let Some(bytes) = docs.get(id).map_err(GeoError::storage)? {
-            found.push(decode_doc(bytes.value())?);
+            found.push(Record::parse(bytes.value())?.doc()?);
         }
     }
     Ok(found)

@@ -1,8 +1,8 @@
 //! The write path, as a two-stage pipeline on two threads:
 //!
 //! 1. the **writer** drains up to `max_batch` queued writes, fills one redb transaction
-//!    (previous revision, new revision, document and geometry records) and commits it
-//!    with `Durability::Immediate` (fsync);
+//!    (previous revision, new revision, one record per document) and commits it with
+//!    `Durability::Immediate` (fsync);
 //! 2. the **publisher** applies each committed batch to the R-tree, in commit order, and
 //!    only then answers the callers.
 //!
@@ -10,8 +10,9 @@
 //! already filling and committing batch N+1, so the fsync wait overlaps that work. A
 //! caller still hears back only once its batch is durable *and* visible to queries.
 //! Everything that does not need the previous revision (serialising the document,
-//! encoding its geometry, building its index entry) is done by the caller before the
-//! write is queued.
+//! encoding its geometry into the record, building its index entry) is done by the
+//! caller before the write is queued; the writer only looks up the previous revision,
+//! hashes the new one and writes the record straight into its page.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -23,9 +24,8 @@ use redb::ReadableTable;
 use tokio::sync::{mpsc, oneshot};
 
 use super::Shared;
-use super::codec::{DOCS, GEOMETRY, encode_doc, stored_rev};
+use super::codec::{DOCS, Record, Tail};
 use super::index::IndexEntry;
-use crate::backend::StoredDoc;
 use crate::doc::next_rev;
 use crate::error::{GeoError, GeoResult};
 
@@ -36,10 +36,9 @@ const INDEX_CHUNK: usize = 256;
 pub(super) enum WriteOp {
     Put {
         id: Arc<str>,
-        /// The document JSON (with `_id`, without `_rev`).
-        body: Vec<u8>,
-        /// The geometry record (see `codec`).
-        geometry: Vec<u8>,
+        /// The record without its revision: geometry and document JSON (with `_id`,
+        /// without `_rev`).
+        tail: Tail,
         /// `None` when the geometry has no extent to index (an empty collection).
         entry: Option<IndexEntry>,
     },
@@ -50,7 +49,8 @@ pub(super) enum WriteOp {
 
 #[derive(Debug)]
 pub(super) enum WriteOutcome {
-    Stored(StoredDoc),
+    /// The new revision.
+    Stored(String),
     Deleted(bool),
 }
 
@@ -207,35 +207,26 @@ fn commit_batch(shared: &Shared, batch: &[WriteRequest]) -> GeoResult<Vec<WriteO
     let mut outcomes = Vec::with_capacity(batch.len());
     {
         let mut docs = txn.open_table(DOCS).map_err(GeoError::storage)?;
-        let mut geometries = txn.open_table(GEOMETRY).map_err(GeoError::storage)?;
-        let mut record = Vec::new();
         for request in batch {
             match &request.op {
-                WriteOp::Put {
-                    id, body, geometry, ..
-                } => {
-                    let previous = docs
-                        .get(id.as_ref())
-                        .map_err(GeoError::storage)?
-                        .and_then(|guard| stored_rev(guard.value()).map(str::to_owned));
-                    let rev = next_rev(previous.as_deref(), body);
-                    encode_doc(&mut record, &rev, body);
-                    docs.insert(id.as_ref(), record.as_slice())
+                WriteOp::Put { id, tail, .. } => {
+                    let previous = match docs.get(id.as_ref()).map_err(GeoError::storage)? {
+                        Some(guard) => Some(Record::parse(guard.value())?.rev.to_owned()),
+                        None => None,
+                    };
+                    let rev = next_rev(previous.as_deref(), tail.body());
+                    let mut slot = docs
+                        .insert_reserve(id.as_ref(), tail.record_len(&rev))
                         .map_err(GeoError::storage)?;
-                    geometries
-                        .insert(id.as_ref(), geometry.as_slice())
-                        .map_err(GeoError::storage)?;
-                    outcomes.push(WriteOutcome::Stored(StoredDoc {
-                        id: id.to_string(),
-                        rev,
-                    }));
+                    tail.write_record(&rev, slot.as_mut())?;
+                    drop(slot);
+                    outcomes.push(WriteOutcome::Stored(rev));
                 }
                 WriteOp::Delete { id } => {
                     let existed = docs
                         .remove(id.as_str())
                         .map_err(GeoError::storage)?
                         .is_some();
-                    geometries.remove(id.as_str()).map_err(GeoError::storage)?;
                     outcomes.push(WriteOutcome::Deleted(existed));
                 }
             }
