@@ -190,6 +190,17 @@ async fn next(rx: &mut UnboundedReceiver<Msg>) -> Msg {
         .expect("channel open")
 }
 
+/// The next message with a numbered payload (`{"n": ...}`), skipping
+/// late probes.
+async fn next_data(rx: &mut UnboundedReceiver<Msg>) -> Msg {
+    loop {
+        let msg = next(rx).await;
+        if n_of(&msg) >= 0 {
+            return msg;
+        }
+    }
+}
+
 fn n_of_json(payload: &[u8]) -> i64 {
     serde_json::from_slice::<serde_json::Value>(payload)
         .ok()
@@ -241,7 +252,7 @@ nodes:
 
     let mut got = BTreeSet::new();
     while got.len() < count as usize {
-        let msg = next(&mut seen).await;
+        let msg = next_data(&mut seen).await;
         assert_eq!(msg.topic(), Some("v5in/a"));
         assert_eq!(
             msg.props().get("qos").and_then(Value::as_i64),
@@ -331,7 +342,7 @@ nodes:
         .unwrap();
 
     // mqtt-in: the properties as Node-RED names them.
-    let msg = next(&mut seen).await;
+    let msg = next_data(&mut seen).await;
     assert_eq!(n_of(&msg), 1);
     let json = msg.to_json();
     assert_eq!(
@@ -436,13 +447,26 @@ nodes:
         publisher.wait_acked(10).await;
         let mut held = Vec::new();
         while held.len() < 10 {
-            held.push(next(&mut seen).await);
+            held.push(next_data(&mut seen).await);
         }
         held.sort_by_key(n_of);
         let rest = held.split_off(4);
         drop(held);
-        // Give the acks of 0..4 time to reach the broker (not an assertion).
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Wait until the broker has the acks of 0..4 (its log says so).
+        let deadline = tokio::time::Instant::now() + GUARD;
+        while broker
+            .log()
+            .matches("Received PUBACK from runnel-crash5-broker")
+            .count()
+            < 4
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "acks never reached the broker:\n{}",
+                broker.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         std::mem::forget(engine);
         rest
     });
@@ -687,7 +711,7 @@ nodes:
         .await
         .unwrap();
     publisher.wait_acked(2).await;
-    let msg = next(&mut seen).await;
+    let msg = next_data(&mut seen).await;
     assert_eq!(n_of(&msg), 2, "only the small message arrives");
     let info = engine.flow("v5-big").await.unwrap();
     let node = info.nodes.iter().find(|n| n.id == "in").unwrap();
