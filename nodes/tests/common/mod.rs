@@ -1,7 +1,6 @@
 //! Helpers for the MQTT tests of `runnel-nodes`: a private Mosquitto per
 //! test (optionally with TLS and a password file), and a test sink that
-//! keeps messages unfinished. Used by `mqtt5.rs`; `mqtt.rs` still has its
-//! own copies.
+//! keeps messages unfinished. Used by `mqtt.rs` and `mqtt5.rs`.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
