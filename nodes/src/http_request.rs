@@ -8,8 +8,10 @@
 //! - headers: the config's `headers`, then `msg.headers` over them;
 //! - body (not for GET/HEAD): `msg.payload`, objects and arrays as JSON,
 //!   strings as text, bytes as they are, `null` as none;
-//! - TLS through rustls, a per-attempt `timeout`, and `retries` with doubling
-//!   backoff on connection errors and 5xx answers.
+//! - TLS through rustls with the platform's roots, plus the CA certificates
+//!   of the `ca` PEM file when set (a private CA); a
+//!   per-attempt `timeout`, and `retries` with doubling backoff on connection
+//!   errors and 5xx answers (not on certificate errors: they do not heal).
 //!
 //! The answer replaces `msg.payload` (parsed JSON when the content type is
 //! JSON, text when it is text or valid UTF-8, else bytes), and sets
@@ -89,6 +91,13 @@ pub struct HttpRequestConfig {
     /// How the answer body becomes `msg.payload` (default `auto`).
     #[serde(default)]
     pub response: ResponseAs,
+    /// PEM file of CA certificates to trust for `https` URLs, in addition to
+    /// the platform's roots: for servers whose certificate comes from a
+    /// private CA. A path such as `${API_CA_FILE}` or
+    /// `/etc/runnel/ca.pem`; read when the node starts. A file that cannot
+    /// be read or holds no certificate fails every message (to `catch`).
+    #[serde(default)]
+    pub ca: Option<String>,
 }
 
 fn default_timeout() -> Duration {
@@ -136,6 +145,12 @@ impl NodeType for HttpRequest {
         if config.timeout.get().is_zero() {
             return Err(BuildError::field("timeout", "must be longer than 0s"));
         }
+        if config.ca.as_deref().is_some_and(|ca| ca.trim().is_empty()) {
+            return Err(BuildError::field(
+                "ca",
+                "must be the path of a PEM file when set",
+            ));
+        }
         Ok(NodeSpec::task(
             true,
             1,
@@ -150,6 +165,7 @@ impl NodeType for HttpRequest {
                     max_response: config.max_response.get(),
                     response: config.response,
                 }),
+                ca: config.ca,
                 concurrency: config.concurrency,
             },
         ))
@@ -158,6 +174,7 @@ impl NodeType for HttpRequest {
 
 struct HttpRequestNode {
     settings: Arc<Settings>,
+    ca: Option<String>,
     concurrency: usize,
 }
 
@@ -176,22 +193,29 @@ struct Settings {
 #[runnel_engine::async_trait]
 impl TaskNode for HttpRequestNode {
     async fn run(self: Box<Self>, ctx: &mut NodeCtx) -> Result<(), NodeError> {
-        let client = reqwest::Client::builder()
-            .timeout(self.settings.timeout)
-            .connect_timeout(
-                self.settings
-                    .timeout
-                    .min(std::time::Duration::from_secs(10)),
-            )
-            .build()
-            .map_err(|e| NodeError::new(format!("cannot create the HTTP client: {e}")))?;
-        ctx.set_status(NodeStatus::ok("ready"));
+        // A client that cannot be made (an unreadable CA file) fails each
+        // message, so requests waiting on this node get an answer through
+        // `catch` instead of queueing behind a node that keeps restarting.
+        let client = match make_client(&self.settings, self.ca.as_deref()).await {
+            Ok(client) => {
+                ctx.set_status(NodeStatus::ok("ready"));
+                Ok(client)
+            }
+            Err(error) => {
+                tracing::error!(node = %ctx.node_id(), %error, "http-request cannot make its client");
+                ctx.set_status(NodeStatus::error(error.clone()));
+                Err(error)
+            }
+        };
         let mut in_flight = FuturesUnordered::new();
         loop {
             tokio::select! {
                 msg = ctx.recv(), if in_flight.len() < self.concurrency => {
                     let Some(msg) = msg else { break };
-                    in_flight.push(call(self.settings.clone(), client.clone(), msg));
+                    match &client {
+                        Ok(client) => in_flight.push(call(self.settings.clone(), client.clone(), msg)),
+                        Err(error) => ctx.report_error(NodeError::new(error.clone()).with_msg(msg)),
+                    }
                 }
                 Some(done) = in_flight.next(), if !in_flight.is_empty() => {
                     finish(ctx, done).await;
@@ -203,6 +227,33 @@ impl TaskNode for HttpRequestNode {
         }
         Ok(())
     }
+}
+
+/// The node's client: timeouts, and the `ca` file's certificates trusted
+/// next to the platform's roots.
+async fn make_client(settings: &Settings, ca: Option<&str>) -> Result<reqwest::Client, String> {
+    // rustls explicitly: another crate in the build (couch_rs) enables
+    // reqwest's native-tls, which would otherwise be the default backend.
+    let mut builder = reqwest::Client::builder()
+        .tls_backend_rustls()
+        .timeout(settings.timeout)
+        .connect_timeout(settings.timeout.min(std::time::Duration::from_secs(10)));
+    if let Some(path) = ca {
+        let pem = tokio::fs::read(path)
+            .await
+            .map_err(|e| format!("cannot read the CA file {path:?}: {e}"))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| format!("invalid CA file {path:?}: {}", error_chain(&e)))?;
+        if certs.is_empty() {
+            return Err(format!(
+                "invalid CA file {path:?}: no PEM certificate (-----BEGIN CERTIFICATE-----) in it"
+            ));
+        }
+        builder = builder.tls_certs_merge(certs);
+    }
+    builder
+        .build()
+        .map_err(|e| format!("cannot create the HTTP client: {}", error_chain(&e)))
 }
 
 async fn finish(ctx: &mut NodeCtx, done: Result<Msg, NodeError>) {
@@ -328,18 +379,23 @@ async fn send_with_retries(
                 );
             }
             Ok(response) => return Ok(response),
-            Err(error) if error.is_connect() && retry_left => {
-                tracing::debug!(error = %error.without_url(), attempt, "connection failed; retrying");
+            Err(error) if error.is_connect() && retry_left && !is_certificate_error(&error) => {
+                tracing::debug!(error = %error_chain(&error.without_url()), attempt, "connection failed; retrying");
             }
             Err(error) => {
                 let attempts = attempt + 1;
                 let error = error.without_url();
+                let cause = error_chain(&error);
                 let what = if error.is_timeout() {
                     "timed out".to_string()
+                } else if is_certificate_error(&error) {
+                    format!(
+                        "TLS: the server's certificate is not trusted ({cause}); set `ca` to trust a private CA"
+                    )
                 } else if error.is_connect() {
-                    format!("cannot connect: {error}")
+                    format!("cannot connect: {cause}")
                 } else {
-                    error.to_string()
+                    cause
                 };
                 return Err(format!("{what} (after {attempts} attempt(s))"));
             }
@@ -369,7 +425,7 @@ async fn read_limited(
     while let Some(chunk) = response
         .chunk()
         .await
-        .map_err(|e| format!("cannot read the answer: {}", e.without_url()))?
+        .map_err(|e| format!("cannot read the answer: {}", error_chain(&e.without_url())))?
     {
         if body.len() + chunk.len() > limit {
             return Err(format!(
@@ -407,6 +463,29 @@ fn decode_body(how: ResponseAs, content_type: &str, body: bytes::Bytes) -> Resul
             Ok(Value::Bytes(body))
         }
     }
+}
+
+/// An error and its causes, `outer: inner: innermost`: reqwest's own text
+/// ("error sending request") says nothing of why. A cause whose text its
+/// parent already shows is left out.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let part = cause.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// Whether the TLS handshake failed on the server's certificate (rustls:
+/// "invalid peer certificate: UnknownIssuer"); retrying cannot help.
+fn is_certificate_error(error: &reqwest::Error) -> bool {
+    error_chain(error).contains("invalid peer certificate")
 }
 
 /// The URL without credentials, for errors and `msg.responseUrl`.
@@ -559,6 +638,50 @@ mod tests {
         assert!(decode_body(ResponseAs::Json, "", b(b"nope")).is_err());
     }
 
+    #[tokio::test]
+    async fn ca_files_must_hold_certificates() {
+        let settings = Settings {
+            method: None,
+            url: None,
+            headers: HeaderMap::new(),
+            timeout: std::time::Duration::from_secs(1),
+            retries: 0,
+            backoff: std::time::Duration::from_millis(1),
+            max_response: 1,
+            response: ResponseAs::Auto,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let error = make_client(&settings, empty.to_str()).await.unwrap_err();
+        assert!(error.contains("no PEM certificate"), "{error}");
+        let missing = dir.path().join("missing.pem");
+        let error = make_client(&settings, missing.to_str()).await.unwrap_err();
+        assert!(error.contains("cannot read the CA file"), "{error}");
+        assert!(make_client(&settings, None).await.is_ok());
+    }
+
+    #[test]
+    fn error_chains_name_every_cause_once() {
+        #[derive(Debug)]
+        struct Outer(std::io::Error);
+        impl std::fmt::Display for Outer {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("error sending request")
+            }
+        }
+        impl std::error::Error for Outer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let error = Outer(std::io::Error::other("connection refused"));
+        assert_eq!(
+            error_chain(&error),
+            "error sending request: connection refused"
+        );
+    }
+
     #[test]
     fn credentials_never_show() {
         let url = Url::parse("https://user:secret@example.invalid/x?y=1").unwrap();
@@ -571,6 +694,9 @@ mod tests {
         assert!(build::<HttpRequest>("{url: 'http://x/{{payload'}").is_err());
         assert!(build::<HttpRequest>("{concurrency: 0}").is_err());
         assert!(build::<HttpRequest>("{headers: {'bad name': x}}").is_err());
+        assert!(build::<HttpRequest>("{ca: ' '}").is_err());
+        // The CA file is read when the node starts, not when it is built.
+        assert!(build::<HttpRequest>("{ca: /nonexistent/ca.pem}").is_ok());
         assert!(
             build::<HttpRequest>(
                 "{method: post, url: 'http://127.0.0.1:1/{{payload.id}}', retries: 0, timeout: 2s}"

@@ -1,0 +1,211 @@
+//! Helpers for the HTTP tests of `runnel-nodes` (`http.rs`, `http_tls.rs`,
+//! included with `#[path]`): a loopback server mounting the flow routes, an
+//! engine with the test sinks, flow deployment that waits for routes, a
+//! client, and a pouchdb-server for the CouchDB backend.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use runnel_engine::schemars::{self, JsonSchema};
+use runnel_engine::testing::Collect;
+use runnel_engine::{
+    BuildCtx, BuildError, Engine, EngineSettings, EngineShared, Msg, NodeError, NodeSpec, NodeType,
+    Out, SyncNode,
+};
+use runnel_nodes::http_server::{fallback_handler, routes};
+use serde_json::json;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+
+/// `test-hold`: like `test-collect`, but hands over the message itself
+/// (tracker and handles included), so the test decides when it finishes.
+#[derive(Debug)]
+pub struct Hold;
+
+#[derive(Debug, serde::Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HoldConfig {
+    channel: String,
+}
+
+struct HoldNode(Option<UnboundedSender<Msg>>);
+
+impl SyncNode for HoldNode {
+    fn on_msg(&mut self, msg: Msg, _out: &mut Out) -> Result<(), NodeError> {
+        if let Some(tx) = &self.0 {
+            let _ = tx.send(msg);
+        }
+        Ok(())
+    }
+}
+
+type HoldChannels = Mutex<HashMap<String, UnboundedSender<Msg>>>;
+
+fn hold_channels() -> &'static HoldChannels {
+    static CHANNELS: OnceLock<HoldChannels> = OnceLock::new();
+    CHANNELS.get_or_init(Default::default)
+}
+
+pub fn hold(channel: &str) -> UnboundedReceiver<Msg> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    hold_channels()
+        .lock()
+        .unwrap()
+        .insert(channel.to_string(), tx);
+    rx
+}
+
+impl NodeType for Hold {
+    const TYPE: &'static str = "test-hold";
+    const SUMMARY: &'static str = "Test sink that keeps messages unfinished.";
+    type Config = HoldConfig;
+
+    fn build(config: HoldConfig, _ctx: &BuildCtx<'_>) -> Result<NodeSpec, BuildError> {
+        let tx = hold_channels()
+            .lock()
+            .unwrap()
+            .get(&config.channel)
+            .cloned();
+        Ok(NodeSpec::sync(0, HoldNode(tx)))
+    }
+}
+
+/// Generous hang guard; never a timing assertion.
+pub const GUARD: Duration = Duration::from_secs(20);
+
+pub async fn serve(app: axum::Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    addr
+}
+
+pub async fn flow_server() -> SocketAddr {
+    serve(axum::Router::new().fallback(fallback_handler)).await
+}
+
+pub fn engine(data_dir: &Path) -> Arc<Engine> {
+    let mut registry = runnel_nodes::registry();
+    registry.register::<Collect>().register::<Hold>();
+    Engine::new(
+        registry.into_shared(),
+        EngineShared::new(EngineSettings {
+            data_dir: data_dir.to_path_buf(),
+            ..EngineSettings::default()
+        }),
+    )
+}
+
+/// Deploys `yaml` and waits until its `routes` are served.
+pub async fn deploy(engine: &Engine, name: &str, yaml: &str, expect_routes: &[&str]) {
+    let flow = engine
+        .loader()
+        .load_str(Path::new(&format!("{name}.yaml")), yaml)
+        .unwrap_or_else(|e| panic!("flow {name} does not load: {e:?}"));
+    engine.deploy(flow).await;
+    wait_for_routes(expect_routes).await;
+}
+
+pub async fn wait_for_routes(expect: &[&str]) {
+    tokio::time::timeout(GUARD, async {
+        loop {
+            let list = routes().list();
+            if expect.iter().all(|r| list.iter().any(|l| l == r)) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("routes {expect:?} never registered: {:?}", routes().list()));
+}
+
+pub async fn next(rx: &mut UnboundedReceiver<Msg>) -> Msg {
+    tokio::time::timeout(GUARD, rx.recv())
+        .await
+        .expect("a message in time")
+        .expect("channel open")
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(GUARD).build().unwrap()
+}
+
+pub async fn json_of(response: reqwest::Response) -> (u16, serde_json::Value) {
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    let body = serde_json::from_str(&text).unwrap_or_else(|_| json!(text));
+    (status, body)
+}
+
+pub fn flows_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../flows")
+}
+
+/// A pouchdb-server (in memory) started with `scripts/start-couch`, killed
+/// on drop.
+pub struct Couch {
+    pid: Option<u32>,
+    pub port: u16,
+}
+
+impl Couch {
+    pub fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Self::start_on(port)
+    }
+
+    /// Starts a server on `port` (again, after [`Couch::stop`]: in memory,
+    /// it starts empty).
+    pub fn start_on(port: u16) -> Self {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/start-couch");
+        let output = std::process::Command::new("bash")
+            .arg(script)
+            .arg(port.to_string())
+            .output()
+            .expect("run scripts/start-couch");
+        assert!(
+            output.status.success(),
+            "start-couch failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let pid = String::from_utf8_lossy(&output.stdout)
+            .trim()
+            .parse()
+            .expect("pid");
+        Couch {
+            pid: Some(pid),
+            port,
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(pid) = self.pid.take() {
+            let _ = std::process::Command::new("kill")
+                .arg(pid.to_string())
+                .status();
+            // Wait (up to 20 s) until the port is free, so a restart can bind it.
+            for _ in 0..400 {
+                if std::net::TcpListener::bind(("127.0.0.1", self.port)).is_ok() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+impl Drop for Couch {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
