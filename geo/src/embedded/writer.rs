@@ -3,8 +3,9 @@
 //! 1. the **writer** drains up to `max_batch` queued writes, fills one redb transaction
 //!    (previous revision, new revision, one record per document) and commits it with
 //!    `Durability::Immediate` (fsync);
-//! 2. the **publisher** applies each committed batch to the R-tree, in commit order, and
-//!    only then answers the callers.
+//! 2. the **publisher** applies each committed batch to the R-tree, in commit order, a
+//!    chunk of writes at a time, answering each chunk's callers once their writes are
+//!    in the index.
 //!
 //! While the publisher updates the index and wakes the callers of batch N, the writer is
 //! already filling and committing batch N+1, so the fsync wait overlaps that work. A
@@ -240,27 +241,34 @@ fn commit_batch(shared: &Shared, batch: &[WriteRequest]) -> GeoResult<Vec<WriteO
 }
 
 fn run_publisher(shared: &Shared, committed: Receiver<Committed>) {
-    for Committed {
-        mut batch,
-        outcomes,
-    } in committed
-    {
+    let mut chunk = Vec::with_capacity(INDEX_CHUNK);
+    for Committed { batch, outcomes } in committed {
         let started = Instant::now();
-        for chunk in batch.chunks_mut(INDEX_CHUNK) {
-            let mut index = shared.index.write().unwrap_or_else(PoisonError::into_inner);
-            for request in chunk {
-                match &mut request.op {
-                    WriteOp::Put { id, entry, .. } => match entry.take() {
-                        Some(entry) => index.upsert(entry),
-                        None => index.remove(id),
-                    },
-                    WriteOp::Delete { id } => index.remove(id),
+        let mut pending = batch.into_iter().zip(outcomes);
+        loop {
+            chunk.extend(pending.by_ref().take(INDEX_CHUNK));
+            if chunk.is_empty() {
+                break;
+            }
+            {
+                let mut index = shared.index.write().unwrap_or_else(PoisonError::into_inner);
+                for (request, _) in &mut chunk {
+                    match &mut request.op {
+                        WriteOp::Put { id, entry, .. } => match entry.take() {
+                            Some(entry) => index.upsert(entry),
+                            None => index.remove(id),
+                        },
+                        WriteOp::Delete { id } => index.remove(id),
+                    }
                 }
             }
-        }
-        for (request, outcome) in batch.into_iter().zip(outcomes) {
-            // A caller that gave up waiting is not an error.
-            let _ = request.reply.send(Ok(outcome));
+            // Each chunk's callers are answered as soon as their writes are visible,
+            // so they can queue their next write while the rest of the batch is
+            // indexed.
+            for (request, outcome) in chunk.drain(..) {
+                // A caller that gave up waiting is not an error.
+                let _ = request.reply.send(Ok(outcome));
+            }
         }
         add_elapsed(&shared.counters.publish_nanos, started);
     }
