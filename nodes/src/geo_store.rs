@@ -31,10 +31,12 @@
 //! backend failure sets `503` and a generic payload (the detail is in
 //! `msg.error` and the log).
 
-use std::collections::HashMap;
+mod lease;
+mod request;
+
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
@@ -43,10 +45,11 @@ use runnel_engine::{
     BuildCtx, BuildError, Map, Msg, NodeCtx, NodeError, NodeSpec, NodeStatus, NodeType, PropPath,
     TaskNode, Value,
 };
-use runnel_geo::{
-    CouchBackend, CouchOptions, EmbeddedBackend, GeoBackend, GeoError, GeoOptions, Query,
-};
+use runnel_geo::{CouchBackend, CouchOptions, GeoBackend, GeoOptions, Query};
 use serde::Deserialize;
+
+use lease::{Lease, acquire};
+use request::{Failure, input, query_pairs, read_id, read_query};
 
 /// `geo-store`.
 #[derive(Debug)]
@@ -330,39 +333,6 @@ async fn finish(ctx: &mut NodeCtx, done: Result<Msg, NodeError>) {
     }
 }
 
-/// Why a message failed: bad input (400) or the backend (503).
-enum Failure {
-    Input { message: String, field: String },
-    Backend(GeoError),
-}
-
-impl From<GeoError> for Failure {
-    fn from(error: GeoError) -> Self {
-        match &error {
-            GeoError::InvalidGeometry { field, .. } => Failure::Input {
-                field: field.clone(),
-                message: error.to_string(),
-            },
-            GeoError::InvalidQuery { param, .. } => Failure::Input {
-                field: param.clone(),
-                message: error.to_string(),
-            },
-            GeoError::InvalidDocument { .. } => Failure::Input {
-                field: "payload".to_string(),
-                message: error.to_string(),
-            },
-            _ => Failure::Backend(error),
-        }
-    }
-}
-
-fn input(field: &str, message: impl Into<String>) -> Failure {
-    Failure::Input {
-        message: message.into(),
-        field: field.to_string(),
-    }
-}
-
 async fn handle(
     backend: Arc<dyn GeoBackend>,
     settings: Arc<Settings>,
@@ -469,236 +439,6 @@ async fn store_one(backend: &dyn GeoBackend, doc: &Value) -> Result<Value, Failu
         object.insert("_rev".into(), stored.rev.into());
     }
     Ok(Value::from(json))
-}
-
-fn read_id(settings: &Settings, msg: &Msg) -> Result<String, Failure> {
-    let id_text = |value: &Value| match value {
-        Value::String(s) if !s.is_empty() => Some(s.to_string()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    };
-    if let Some(path) = &settings.id_property {
-        return msg.get(path).and_then(id_text).ok_or_else(|| {
-            input(
-                path.as_str(),
-                format!("msg.{path} must be a non-empty string or a number"),
-            )
-        });
-    }
-    if let Some(id) = id_text(msg.payload()) {
-        return Ok(id);
-    }
-    let from_params = msg
-        .props()
-        .get("req")
-        .and_then(Value::as_object)
-        .and_then(|req| req.get("params"))
-        .and_then(Value::as_object)
-        .and_then(|params| params.get("id"))
-        .and_then(id_text);
-    if let Some(id) = from_params {
-        return Ok(id);
-    }
-    let mut current = msg.payload();
-    for part in settings.id_path.split('.') {
-        match current.as_object().and_then(|o| o.get(part)) {
-            Some(next) => current = next,
-            None => {
-                return Err(input(
-                    "id",
-                    format!(
-                        "no document id: expected a string payload, msg.req.params.id or payload.{}",
-                        settings.id_path
-                    ),
-                ));
-            }
-        }
-    }
-    id_text(current).ok_or_else(|| {
-        input(
-            "id",
-            "the document id must be a non-empty string or a number",
-        )
-    })
-}
-
-fn read_query(settings: &Settings, msg: &Msg) -> Result<Query, Failure> {
-    let given = match msg.props().get("query") {
-        Some(value) if !value.is_null() => Some(value),
-        _ => msg
-            .props()
-            .get("req")
-            .and_then(Value::as_object)
-            .and_then(|req| req.get("query")),
-    };
-    let mut pairs = settings.defaults.clone();
-    if let Some(given) = given {
-        let given = match given {
-            Value::String(text) => serde_urlencoded::from_str::<Vec<(String, String)>>(text)
-                .map_err(|e| input("query", format!("malformed query string: {e}")))?,
-            other => query_pairs(other).map_err(|e| input("query", e))?,
-        };
-        for (name, value) in given {
-            pairs.retain(|(existing, _)| *existing != name);
-            pairs.push((name, value));
-        }
-    }
-    Ok(Query::from_params(&pairs)?)
-}
-
-/// A query object's entries as text pairs (`bbox: [1,2,3,4]` as `1,2,3,4`).
-fn query_pairs(value: &Value) -> Result<Vec<(String, String)>, String> {
-    let Some(map) = value.as_object() else {
-        return Err(format!(
-            "query parameters must be an object or a query string, got {}",
-            value.type_name()
-        ));
-    };
-    let mut pairs = Vec::with_capacity(map.len());
-    for (name, value) in map.iter() {
-        let text = match value {
-            Value::String(s) => s.to_string(),
-            Value::Number(_) | Value::Bool(_) => value.to_text(),
-            Value::Array(items) if name == "bbox" => items
-                .iter()
-                .map(Value::to_text)
-                .collect::<Vec<_>>()
-                .join(","),
-            Value::Array(_) => {
-                return Err(format!("query parameter {name} is given more than once"));
-            }
-            other => {
-                return Err(format!(
-                    "query parameter {name} must be a string, number or boolean, got {}",
-                    other.type_name()
-                ));
-            }
-        };
-        pairs.push((name.clone(), text));
-    }
-    Ok(pairs)
-}
-
-/// A node's use of a backend. Embedded stores are shared by every node
-/// naming the same store and closed (flushed) when the last one stops.
-struct Lease {
-    backend: Option<Arc<dyn GeoBackend>>,
-    shared_dir: Option<PathBuf>,
-}
-
-type Registry = tokio::sync::Mutex<HashMap<PathBuf, OpenStore>>;
-
-struct OpenStore {
-    backend: Arc<EmbeddedBackend>,
-    options: GeoOptions,
-    users: usize,
-}
-
-fn open_stores() -> &'static Registry {
-    static STORES: OnceLock<Registry> = OnceLock::new();
-    STORES.get_or_init(Default::default)
-}
-
-async fn acquire(dir: PathBuf, options: GeoOptions) -> Result<Lease, GeoError> {
-    let mut stores = open_stores().lock().await;
-    if let Some(open) = stores.get_mut(&dir) {
-        if open.options != options {
-            return Err(GeoError::InvalidOption {
-                option: "geometry_path".to_string(),
-                reason: format!(
-                    "the store is already open with id_path {:?} and geometry_path {:?}",
-                    open.options.id_path, open.options.geometry_path
-                ),
-            });
-        }
-        open.users += 1;
-        let backend: Arc<dyn GeoBackend> = open.backend.clone();
-        return Ok(Lease {
-            backend: Some(backend),
-            shared_dir: Some(dir),
-        });
-    }
-    if let Some(parent) = dir.parent() {
-        tokio::fs::create_dir_all(parent)
-            .await
-            .map_err(|e| GeoError::Storage {
-                reason: format!("cannot create {}: {e}", parent.display()),
-            })?;
-    }
-    let backend = Arc::new(EmbeddedBackend::open(&dir, options.clone()).await?);
-    tracing::info!(dir = %dir.display(), documents = backend.len(), "geo store opened");
-    stores.insert(
-        dir.clone(),
-        OpenStore {
-            backend: backend.clone(),
-            options,
-            users: 1,
-        },
-    );
-    let backend: Arc<dyn GeoBackend> = backend;
-    Ok(Lease {
-        backend: Some(backend),
-        shared_dir: Some(dir),
-    })
-}
-
-impl Lease {
-    fn owned(backend: Arc<dyn GeoBackend>) -> Self {
-        Lease {
-            backend: Some(backend),
-            shared_dir: None,
-        }
-    }
-
-    fn backend(&self) -> Option<Arc<dyn GeoBackend>> {
-        self.backend.clone()
-    }
-
-    /// Gives the backend back, closing it when no node uses it any more.
-    async fn release(mut self) {
-        let backend = self.backend.take();
-        let dir = self.shared_dir.take();
-        release(backend, dir).await;
-    }
-}
-
-async fn release(backend: Option<Arc<dyn GeoBackend>>, dir: Option<PathBuf>) {
-    let Some(backend) = backend else { return };
-    let Some(dir) = dir else {
-        if let Err(error) = backend.close().await {
-            tracing::warn!(%error, "closing the geo store failed");
-        }
-        return;
-    };
-    drop(backend);
-    let mut stores = open_stores().lock().await;
-    let last = match stores.get_mut(&dir) {
-        Some(open) => {
-            open.users = open.users.saturating_sub(1);
-            open.users == 0
-        }
-        None => false,
-    };
-    if last && let Some(open) = stores.remove(&dir) {
-        if let Err(error) = open.backend.close().await {
-            tracing::warn!(dir = %dir.display(), %error, "closing the geo store failed");
-        }
-        tracing::info!(dir = %dir.display(), "geo store closed");
-    }
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        // Released without `release` (a panic in the node): finish in the
-        // background so the store is still closed when unused.
-        let backend = self.backend.take();
-        let dir = self.shared_dir.take();
-        if backend.is_some()
-            && let Ok(runtime) = tokio::runtime::Handle::try_current()
-        {
-            runtime.spawn(release(backend, dir));
-        }
-    }
 }
 
 #[cfg(test)]
