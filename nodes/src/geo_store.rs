@@ -133,8 +133,10 @@ pub struct GeoStoreConfig {
     /// message's override them.
     #[serde(default)]
     pub query: Option<Value>,
-    /// Messages handled at once (default 16); with more than 1 they may
-    /// leave out of order. Concurrent stores share commits.
+    /// Messages handled at once (default 1024); with more than 1 they may
+    /// leave out of order. Concurrent stores share one durable commit, so
+    /// this bounds the embedded store's batch size and its store rate
+    /// (about `concurrency` / two commit times).
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
 }
@@ -164,7 +166,7 @@ fn default_geometry_path() -> String {
 }
 
 fn default_concurrency() -> usize {
-    16
+    1024
 }
 
 impl NodeType for GeoStore {
@@ -432,13 +434,15 @@ async fn store_one(backend: &dyn GeoBackend, doc: &Value) -> Result<Value, Failu
             ),
         ));
     }
-    let mut json = doc.to_json();
-    let stored = backend.store(json.clone()).await?;
-    if let Some(object) = json.as_object_mut() {
-        object.insert("_id".into(), stored.id.into());
-        object.insert("_rev".into(), stored.rev.into());
+    let stored = backend.store(doc.to_json()).await?;
+    // The answer is the message's document plus `_id` and `_rev`: an O(1)
+    // clone and a copy of its top-level map, not a second conversion.
+    let mut out = doc.clone();
+    if let Some(object) = out.as_object_mut() {
+        object.insert("_id".into(), Value::from(stored.id));
+        object.insert("_rev".into(), Value::from(stored.rev));
     }
-    Ok(Value::from(json))
+    Ok(out)
 }
 
 #[cfg(test)]
