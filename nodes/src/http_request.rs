@@ -58,8 +58,9 @@ pub enum ResponseAs {
     Json,
 }
 
-/// Config of `http-request`.
-#[derive(Debug, Deserialize, JsonSchema)]
+/// Config of `http-request`. Its `Debug` output leaves out header values
+/// (they often carry tokens).
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HttpRequestConfig {
     /// Method; when unset, `msg.method`, else GET.
@@ -100,6 +101,28 @@ pub struct HttpRequestConfig {
     pub ca: Option<String>,
 }
 
+impl std::fmt::Debug for HttpRequestConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let headers: BTreeMap<&str, &str> = self
+            .headers
+            .keys()
+            .map(|name| (name.as_str(), "<redacted>"))
+            .collect();
+        f.debug_struct("HttpRequestConfig")
+            .field("method", &self.method)
+            .field("url", &self.url)
+            .field("headers", &headers)
+            .field("timeout", &self.timeout)
+            .field("retries", &self.retries)
+            .field("retry_backoff", &self.retry_backoff)
+            .field("max_response", &self.max_response)
+            .field("concurrency", &self.concurrency)
+            .field("response", &self.response)
+            .field("ca", &self.ca)
+            .finish()
+    }
+}
+
 fn default_timeout() -> Duration {
     Duration(std::time::Duration::from_secs(30))
 }
@@ -135,8 +158,10 @@ impl NodeType for HttpRequest {
             .map_err(|e| BuildError::field("url", e))?;
         let mut headers = HeaderMap::new();
         for (name, value) in &config.headers {
-            let (name, value) =
+            let (name, mut value) =
                 header_pair(name, value).map_err(|e| BuildError::field("headers", e))?;
+            // Kept out of `Debug` output (and of HTTP/2 header compression).
+            value.set_sensitive(true);
             headers.insert(name, value);
         }
         if config.concurrency == 0 {
@@ -686,6 +711,15 @@ mod tests {
     fn credentials_never_show() {
         let url = Url::parse("https://user:secret@example.invalid/x?y=1").unwrap();
         assert_eq!(redacted(&url), "https://example.invalid/x?y=1");
+        let config: HttpRequestConfig = serde_json::from_value(
+            serde_json::json!({"headers": {"authorization": "Bearer t0ken"}}),
+        )
+        .unwrap();
+        let shown = format!("{config:?}");
+        assert!(
+            shown.contains("authorization") && !shown.contains("t0ken"),
+            "{shown}"
+        );
     }
 
     #[test]
