@@ -33,6 +33,9 @@
 //!
 //! Every error answer is JSON `{"error": "...", "field": ...}`; a `500` never
 //! carries internal detail (that goes to the log).
+//!
+//! Submodules: `reply` (the answer and the [`ReplyHandle`]), `config` (the
+//! [`ByteSize`] and [`HttpMethod`] config values), re-exported here.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -40,15 +43,19 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 
 use axum::body::Body;
 use axum::extract::Request;
-use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use axum::http::header::CONTENT_LENGTH;
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt as _;
 use runnel_engine::Value;
-use runnel_engine::schemars::{self, JsonSchema};
-use serde::{Deserialize, Deserializer};
 use tokio::sync::{Semaphore, mpsc, oneshot};
+
+mod config;
+mod reply;
+
+pub use config::{ByteSize, HttpMethod};
+pub use reply::{HttpReply, ReplyError, ReplyHandle};
 
 /// The message handle key under which `http-in` puts the [`ReplyHandle`].
 pub const REPLY_HANDLE: &str = "http.reply";
@@ -63,194 +70,6 @@ pub fn routes() -> &'static HttpRoutes {
 /// `router.fallback(fallback_handler)`.
 pub async fn fallback_handler(request: Request) -> Response {
     handle(routes(), request).await
-}
-
-/// A size in bytes, written `1048576`, `512KiB`, `1MiB`, `10MB` or `100B`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct ByteSize(pub u64);
-
-impl ByteSize {
-    /// The size as `usize` (saturating).
-    pub fn get(self) -> usize {
-        usize::try_from(self.0).unwrap_or(usize::MAX)
-    }
-
-    fn parse(text: &str) -> Result<Self, String> {
-        let text = text.trim();
-        let split = text
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len());
-        let (number, unit) = text.split_at(split);
-        let number: u64 = number.parse().map_err(|_| {
-            format!("invalid size {text:?}, expected a number with an optional unit such as 512KiB or 1MiB")
-        })?;
-        let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-            "" | "b" => 1,
-            "k" | "kb" => 1_000,
-            "kib" => 1 << 10,
-            "m" | "mb" => 1_000_000,
-            "mib" => 1 << 20,
-            "g" | "gb" => 1_000_000_000,
-            "gib" => 1 << 30,
-            other => {
-                return Err(format!(
-                    "invalid size unit {other:?}, expected B, KB, KiB, MB, MiB, GB or GiB"
-                ));
-            }
-        };
-        number
-            .checked_mul(factor)
-            .map(ByteSize)
-            .ok_or_else(|| format!("size {text:?} is too large"))
-    }
-}
-
-impl fmt::Display for ByteSize {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}B", self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for ByteSize {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Number(u64),
-            Text(String),
-        }
-        match Raw::deserialize(deserializer)? {
-            Raw::Number(n) => Ok(ByteSize(n)),
-            Raw::Text(text) => ByteSize::parse(&text).map_err(serde::de::Error::custom),
-        }
-    }
-}
-
-impl JsonSchema for ByteSize {
-    fn schema_name() -> std::borrow::Cow<'static, str> {
-        "ByteSize".into()
-    }
-
-    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        schemars::json_schema!({
-            "description": "a size in bytes: 1048576, 512KiB, 1MiB, 10MB",
-            "type": ["integer", "string"]
-        })
-    }
-}
-
-/// What `http-response` sends back to the waiting client.
-#[derive(Debug, Clone)]
-pub struct HttpReply {
-    /// Status code.
-    pub status: StatusCode,
-    /// Response headers.
-    pub headers: HeaderMap,
-    /// Response body.
-    pub body: Bytes,
-}
-
-impl HttpReply {
-    /// A JSON error answer `{"error": message, "field": field}`.
-    pub fn error(status: StatusCode, message: &str, field: Option<&str>) -> Self {
-        let body = serde_json::json!({ "error": message, "field": field });
-        let mut headers = HeaderMap::new();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        HttpReply {
-            status,
-            headers,
-            body: Bytes::from(body.to_string()),
-        }
-    }
-
-    /// The generic `500` answer: no internal detail reaches the client.
-    pub fn internal_error() -> Self {
-        HttpReply::error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal server error",
-            None,
-        )
-    }
-}
-
-impl IntoResponse for HttpReply {
-    fn into_response(self) -> Response {
-        let mut response = Response::new(Body::from(self.body));
-        *response.status_mut() = self.status;
-        *response.headers_mut() = self.headers;
-        response
-    }
-}
-
-/// Why a reply could not be delivered.
-#[derive(Debug, thiserror::Error)]
-pub enum ReplyError {
-    /// The request was answered already, by another `http-response` or by
-    /// the timeout.
-    #[error("the request {0} was already answered (or timed out)")]
-    AlreadyAnswered(String),
-    /// The client went away or the request timed out before the answer.
-    #[error("the client of {0} is gone (disconnected or timed out)")]
-    ClientGone(String),
-}
-
-/// The open request a message carries from `http-in` to `http-response`
-/// (handle key [`REPLY_HANDLE`]). Answering takes the inner sender, so a
-/// request is answered at most once; dropping the handle unanswered makes
-/// the client get a `500`.
-pub struct ReplyHandle {
-    sender: Mutex<Option<oneshot::Sender<HttpReply>>>,
-    label: String,
-}
-
-impl fmt::Debug for ReplyHandle {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ReplyHandle")
-            .field("request", &self.label)
-            .field("pending", &self.is_pending())
-            .finish()
-    }
-}
-
-impl ReplyHandle {
-    /// A handle answering through `sender`; `label` (`GET /path`) names the
-    /// request in errors and logs.
-    pub fn new(sender: oneshot::Sender<HttpReply>, label: String) -> Self {
-        ReplyHandle {
-            sender: Mutex::new(Some(sender)),
-            label,
-        }
-    }
-
-    /// `METHOD /path` of the request.
-    pub fn label(&self) -> &str {
-        &self.label
-    }
-
-    /// Sends the answer.
-    pub fn send(&self, reply: HttpReply) -> Result<(), ReplyError> {
-        let sender = self
-            .sender
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        let Some(sender) = sender else {
-            return Err(ReplyError::AlreadyAnswered(self.label.clone()));
-        };
-        sender
-            .send(reply)
-            .map_err(|_| ReplyError::ClientGone(self.label.clone()))
-    }
-
-    /// Whether the request still waits for an answer (not answered, client
-    /// still there).
-    pub fn is_pending(&self) -> bool {
-        self.sender
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-            .is_some_and(|sender| !sender.is_closed())
-    }
 }
 
 /// A request handed to an `http-in` node: `msg.req`, `msg.payload` and the
@@ -281,49 +100,6 @@ pub enum RouteEvent {
         /// `METHOD /path`.
         label: String,
     },
-}
-
-/// An HTTP method in a node config.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum HttpMethod {
-    /// GET.
-    #[default]
-    #[serde(alias = "get")]
-    Get,
-    /// POST.
-    #[serde(alias = "post")]
-    Post,
-    /// PUT.
-    #[serde(alias = "put")]
-    Put,
-    /// DELETE.
-    #[serde(alias = "delete")]
-    Delete,
-    /// PATCH.
-    #[serde(alias = "patch")]
-    Patch,
-    /// HEAD.
-    #[serde(alias = "head")]
-    Head,
-    /// OPTIONS.
-    #[serde(alias = "options")]
-    Options,
-}
-
-impl HttpMethod {
-    /// The `http` crate's method.
-    pub fn to_method(self) -> Method {
-        match self {
-            HttpMethod::Get => Method::GET,
-            HttpMethod::Post => Method::POST,
-            HttpMethod::Put => Method::PUT,
-            HttpMethod::Delete => Method::DELETE,
-            HttpMethod::Patch => Method::PATCH,
-            HttpMethod::Head => Method::HEAD,
-            HttpMethod::Options => Method::OPTIONS,
-        }
-    }
 }
 
 /// What a route leads to: the node's queue and its limits.
@@ -809,33 +585,5 @@ mod tests {
         assert!(matches!(table.find(&Method::GET, "/d/7"), Lookup::NotFound));
         drop(near);
         assert!(table.list().is_empty());
-    }
-
-    #[test]
-    fn sizes_parse_with_units() {
-        assert_eq!(ByteSize::parse("1MiB"), Ok(ByteSize(1 << 20)));
-        assert_eq!(ByteSize::parse("512 KiB"), Ok(ByteSize(512 << 10)));
-        assert_eq!(ByteSize::parse("10MB"), Ok(ByteSize(10_000_000)));
-        assert_eq!(ByteSize::parse("100"), Ok(ByteSize(100)));
-        assert!(ByteSize::parse("lots").is_err());
-        assert!(ByteSize::parse("1PB").is_err());
-        assert!(ByteSize::parse("99999999999999999999GiB").is_err());
-    }
-
-    #[test]
-    fn reply_handles_answer_once() {
-        let (tx, mut rx) = oneshot::channel();
-        let handle = ReplyHandle::new(tx, "GET /x".into());
-        assert!(handle.is_pending());
-        handle.send(HttpReply::internal_error()).unwrap();
-        assert!(!handle.is_pending());
-        assert!(matches!(
-            handle.send(HttpReply::internal_error()),
-            Err(ReplyError::AlreadyAnswered(_))
-        ));
-        assert_eq!(
-            rx.try_recv().unwrap().status,
-            StatusCode::INTERNAL_SERVER_ERROR
-        );
     }
 }
