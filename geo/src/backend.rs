@@ -91,9 +91,12 @@ pub(crate) fn prepare(mut doc: Value, options: &GeoOptions) -> GeoResult<Prepare
         }
     };
     let object = doc::as_object_mut(&mut doc)?;
-    object.remove(REV_FIELD);
+    if doc::field(object, REV_FIELD).is_some() {
+        object.remove(REV_FIELD);
+    }
     // Usually the id was read from `_id` as a string: nothing to write then.
-    let in_place = matches!(object.get(ID_FIELD), Some(Value::String(stored)) if *stored == id);
+    let in_place =
+        matches!(doc::field(object, ID_FIELD), Some(Value::String(stored)) if *stored == id);
     if !in_place {
         object.insert(ID_FIELD.to_owned(), Value::String(id.clone()));
     }

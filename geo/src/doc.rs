@@ -18,7 +18,21 @@ pub(crate) fn get_path<'a>(doc: &'a Value, path: &str) -> Option<&'a Value> {
         return Some(doc);
     }
     path.split('.')
-        .try_fold(doc, |value, segment| value.as_object()?.get(segment))
+        .try_fold(doc, |value, segment| field(value.as_object()?, segment))
+}
+
+/// A field of a JSON object. Small objects (documents and their location fields
+/// usually are) are scanned: cheaper than hashing the key with SipHash, which
+/// serde_json's `preserve_order` maps use, on every stored document.
+pub(crate) fn field<'a>(object: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
+    const SCAN: usize = 8;
+    if object.len() <= SCAN {
+        object
+            .iter()
+            .find_map(|(name, value)| (name == key).then_some(value))
+    } else {
+        object.get(key)
+    }
 }
 
 /// Writes `value` at a dotted path, creating intermediate objects.
@@ -116,6 +130,15 @@ mod tests {
         set_path(&mut doc, "meta.id", json!("x")).unwrap();
         assert_eq!(doc["meta"]["id"], json!("x"));
         assert!(set_path(&mut doc, "d.location.latitude.deeper", json!(1)).is_err());
+        // Small objects are scanned, larger ones hashed: both find every field.
+        for size in [1, 8, 9, 40] {
+            let object: Map<String, Value> =
+                (0..size).map(|n| (format!("k{n}"), json!(n))).collect();
+            for n in 0..size {
+                assert_eq!(field(&object, &format!("k{n}")), Some(&json!(n)));
+            }
+            assert_eq!(field(&object, "k"), None);
+        }
     }
 
     #[test]

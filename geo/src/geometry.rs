@@ -15,7 +15,7 @@ use geo::{
 };
 use serde_json::Value;
 
-use crate::doc::get_path;
+use crate::doc::{self, get_path};
 use crate::error::{GeoError, GeoResult};
 
 /// Deepest nesting of `GeometryCollection`s accepted, so hostile input cannot recurse far.
@@ -39,8 +39,8 @@ pub fn parse_geometry(value: &Value, field: &str) -> GeoResult<Geometry<f64>> {
     };
     // Lat/lon first: device payloads carry their own `type` (e.g. `"GPS"`).
     // Field names are only formatted on error: this runs for every stored document.
-    let latitude = object.get("latitude");
-    let longitude = object.get("longitude");
+    let latitude = doc::field(object, "latitude");
+    let longitude = doc::field(object, "longitude");
     if latitude.is_some() || longitude.is_some() {
         let latitude_field = || format!("{field}.latitude");
         let longitude_field = || format!("{field}.longitude");
