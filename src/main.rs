@@ -101,9 +101,16 @@ struct RunArgs {
     /// admin route then needs `Authorization: Bearer <token>`.
     #[arg(long, env = "RUNNEL_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
-    /// Messages whose hops the trace store keeps for the editor (0 disables it).
+    /// Messages whose hops the trace store keeps for the editor (0 disables
+    /// it). Hops are recorded while an editor is open, or always with
+    /// --trace-always.
     #[arg(long, default_value_t = 2_000)]
     trace_capacity: usize,
+    /// Record every message's hops even when no editor is open (so that
+    /// `GET /api/traces/{msgid}` knows every recent message). Costs a fast
+    /// flow about a tenth of its CPU.
+    #[arg(long)]
+    trace_always: bool,
     /// Threads that run the flows: 1 runs everything on one thread (least
     /// CPU per message: no wake-ups across threads), 0 one per core.
     #[arg(long, env = "RUNNEL_THREADS", default_value_t = 0)]
@@ -296,10 +303,7 @@ async fn run_flows_async(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let mut shared = EngineShared::new(settings);
     if let Some(shared) = Arc::get_mut(&mut shared) {
-        shared.trace = Arc::new(runnel_engine::TraceStore::new(
-            args.trace_capacity.max(1),
-            256,
-        ));
+        shared.trace = Arc::new(runnel_engine::TraceStore::new(args.trace_capacity, 256));
     }
     let engine = Engine::new(registry(), shared.clone());
     let loader = engine.loader();
@@ -322,7 +326,7 @@ async fn run_flows_async(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     shared
         .trace
-        .set_enabled(args.trace || args.trace_capacity > 0);
+        .set_enabled(args.trace || (args.trace_always && args.trace_capacity > 0));
     let tracer = args
         .trace
         .then(|| tokio::spawn(print_trace(shared.trace.subscribe())));

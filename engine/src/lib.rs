@@ -66,7 +66,7 @@ pub use path::PropPath;
 pub use registry::Registry;
 pub use runtime::{DeployReport, Engine, FlowInfo, NodeInfo};
 pub use shared::{EngineSettings, EngineShared};
-pub use trace::{TraceEvent, TraceEventKind, TraceStore};
+pub use trace::{TraceEvent, TraceEventKind, TraceStore, TraceWatch};
 pub use value::{Map, Value};
 
 /// Re-exported for `#[async_trait]` on [`TaskNode`] impls.

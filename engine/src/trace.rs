@@ -5,14 +5,18 @@
 //! node receives a message, sends one on a port, or fails, and the
 //! [`crate::Tracker`] records when a message has finished. Recording is gated
 //! by a flag, so a flow that nobody traces pays one relaxed atomic load per
-//! hop. Events go to two places:
+//! hop. The flag is on while the store is [`TraceStore::set_enabled`]
+//! (`runnel run --trace` or `--trace-always`) or while someone watches
+//! ([`TraceStore::watch`]: the editor's debug socket): recording every hop
+//! costs a fast flow about a tenth of its CPU, which a headless pipeline
+//! should not pay for traces nobody looks at. Events go to two places:
 //! - a bounded in-memory store keyed by `_msgid` (the oldest messages are
 //!   forgotten first), which answers "where did message X go";
 //! - a lossy broadcast for live readers, which never back-pressures the flow:
 //!   a reader that falls behind loses events and is told how many.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -90,10 +94,24 @@ fn serialize_time<S: serde::Serializer>(time: &SystemTime, s: S) -> Result<S::Ok
     s.collect_str(&humantime::format_rfc3339_micros(*time))
 }
 
+/// Keeps a [`TraceStore`] recording while it lives.
+#[derive(Debug)]
+pub struct TraceWatch(Arc<TraceStore>);
+
+impl Drop for TraceWatch {
+    fn drop(&mut self) {
+        self.0.watchers.fetch_sub(1, Ordering::AcqRel);
+        self.0.refresh();
+    }
+}
+
 /// The bounded trace store plus the live broadcast.
 #[derive(Debug)]
 pub struct TraceStore {
+    /// Recording now: `always`, or someone watching.
     enabled: AtomicBool,
+    always: AtomicBool,
+    watchers: AtomicUsize,
     live: broadcast::Sender<Arc<TraceEvent>>,
     inner: Mutex<StoreInner>,
     max_messages: usize,
@@ -114,21 +132,38 @@ const EVENTS_PER_MESSAGE_HINT: usize = 8;
 
 impl TraceStore {
     /// A store that keeps the last `max_messages` messages' events, at most
-    /// `max_events_per_message` each. Recording starts disabled.
+    /// `max_events_per_message` each (none with 0: then only live readers
+    /// get events). Recording starts disabled.
     pub fn new(max_messages: usize, max_events_per_message: usize) -> Self {
         let (live, _) = broadcast::channel(4096);
         TraceStore {
             enabled: AtomicBool::new(false),
+            always: AtomicBool::new(false),
+            watchers: AtomicUsize::new(0),
             live,
             inner: Mutex::new(StoreInner::default()),
-            max_messages: max_messages.max(1),
+            max_messages,
             max_events_per_message: max_events_per_message.max(1),
         }
     }
 
-    /// Turns recording on or off.
+    /// Turns recording on or off for good (it is also on while watched).
     pub fn set_enabled(&self, enabled: bool) {
-        self.enabled.store(enabled, Ordering::Relaxed);
+        self.always.store(enabled, Ordering::Relaxed);
+        self.refresh();
+    }
+
+    /// Records while the returned guard lives (the editor's debug socket
+    /// holds one), whatever [`TraceStore::set_enabled`] said.
+    pub fn watch(self: &Arc<Self>) -> TraceWatch {
+        self.watchers.fetch_add(1, Ordering::AcqRel);
+        self.refresh();
+        TraceWatch(self.clone())
+    }
+
+    fn refresh(&self) {
+        let on = self.always.load(Ordering::Acquire) || self.watchers.load(Ordering::Acquire) > 0;
+        self.enabled.store(on, Ordering::Relaxed);
     }
 
     /// Whether recording is on.
@@ -150,6 +185,9 @@ impl TraceStore {
         if self.live.receiver_count() > 0 {
             // A send error only means no live reader right now.
             let _ = self.live.send(Arc::new(event.clone()));
+        }
+        if self.max_messages == 0 {
+            return;
         }
         let Ok(mut inner) = self.inner.lock() else {
             return;
@@ -222,6 +260,23 @@ mod tests {
         let store = TraceStore::new(4, 4);
         store.record_with(|| event(MsgId::next(), TraceEventKind::Received));
         assert!(store.is_empty());
+    }
+
+    #[test]
+    fn a_watched_store_records_until_the_last_watcher_leaves() {
+        let store = Arc::new(TraceStore::new(8, 8));
+        let (a, b) = (store.watch(), store.watch());
+        store.record_with(|| event(MsgId::next(), TraceEventKind::Received));
+        assert_eq!(store.len(), 1);
+        drop(a);
+        store.record_with(|| event(MsgId::next(), TraceEventKind::Received));
+        assert_eq!(store.len(), 2);
+        drop(b);
+        store.record_with(|| event(MsgId::next(), TraceEventKind::Received));
+        assert_eq!(store.len(), 2, "nobody watches: nothing recorded");
+        store.set_enabled(true);
+        store.record_with(|| event(MsgId::next(), TraceEventKind::Received));
+        assert_eq!(store.len(), 3);
     }
 
     #[test]

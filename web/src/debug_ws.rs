@@ -110,6 +110,9 @@ impl Batch {
 
 async fn run(mut socket: WebSocket, state: WebState, flow: Option<String>) {
     let shared = state.engine().shared().clone();
+    // While the editor is open, every hop is traced, so that any message it
+    // shows can be followed through the flow.
+    let _tracing = shared.trace.watch();
     let mut debug = shared.debug.subscribe();
     let mut status = shared.status.subscribe();
     let mut closing = state.closing();

@@ -198,6 +198,10 @@ async fn the_debug_socket_batches_caps_and_counts_what_it_skips() {
 
     let refused = tokio_tungstenite::connect_async(format!("ws://{addr}/api/debug")).await;
     assert!(refused.is_err(), "no token, no socket");
+    // Traces are recorded while a debug socket is open (and not before).
+    let trace = engine.shared().trace.clone();
+    trace.set_enabled(false);
+    assert!(!trace.is_enabled());
 
     let (mut socket, _) =
         tokio_tungstenite::connect_async(format!("ws://{addr}/api/debug?flow=fast&token=tok%20en"))
@@ -221,6 +225,7 @@ async fn the_debug_socket_batches_caps_and_counts_what_it_skips() {
     }
     assert!(seen > 0);
     assert!(skipped > 0, "a 1 kHz flow overflows 5 per 100 ms");
+    assert!(trace.is_enabled(), "an open debug socket turns tracing on");
 
     // A socket filtered to another flow gets nothing of this one.
     let (mut other, _) = tokio_tungstenite::connect_async(format!(
@@ -257,5 +262,12 @@ async fn the_debug_socket_batches_caps_and_counts_what_it_skips() {
         .expect("server stops with sockets open")
         .unwrap()
         .unwrap();
+    tokio::time::timeout(HANG_GUARD, async {
+        while trace.is_enabled() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("tracing stops once no debug socket is open");
     engine.shutdown().await;
 }
