@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use crate::codec::ConnectReturnCode;
 use crate::config::{Access, AclRule, BrokerConfig};
-use crate::topic::{filter_covers, filter_matches, filters_overlap};
+use crate::topic::{Exclusions, filter_covers, filter_matches, filters_overlap};
 
 /// Credentials and ACL rules, built once from the configuration.
 pub(crate) struct Auth {
@@ -61,25 +61,57 @@ impl Auth {
     }
 
     pub(crate) fn may_publish(&self, username: Option<&str>, client_id: &str, topic: &str) -> bool {
-        self.allowed(username, client_id, Access::Publish, |rule, _| {
+        self.allowed(username, client_id, Access::Publish, |rule| {
             filter_matches(rule, topic)
         })
     }
 
-    pub(crate) fn may_subscribe(
+    /// Decides a subscription: `None` refuses it (SUBACK 0x80); `Some`
+    /// grants it with the topics it must not receive. A deny rule that
+    /// covers the whole filter refuses it; a deny rule that only overlaps it
+    /// (`#` against a denied `test/nosubscribe`) becomes an exclusion checked
+    /// per delivered message, so the rest of the filter still works. An
+    /// allow rule must contain the whole filter (cover).
+    pub(crate) fn subscribe_decision(
         &self,
         username: Option<&str>,
         client_id: &str,
         filter: &str,
-    ) -> bool {
-        // A deny rule refuses any filter that could receive a denied topic
-        // (overlap); an allow rule must contain the whole filter (cover).
-        self.allowed(username, client_id, Access::Subscribe, |rule, deny| {
-            if deny {
-                filters_overlap(rule, filter)
-            } else {
-                filter_covers(rule, filter)
+    ) -> Option<Exclusions> {
+        if self.acl.is_empty() {
+            return Some(None);
+        }
+        let mut exclusions: Vec<Box<str>> = Vec::new();
+        for rule in self.rules(username, Access::Subscribe).filter(|r| r.deny) {
+            let denied = pattern(rule, username, client_id);
+            if filter_covers(&denied, filter) {
+                return None;
             }
+            if filters_overlap(&denied, filter) {
+                exclusions.push(denied.into_boxed_str());
+            }
+        }
+        let mut allows = self
+            .rules(username, Access::Subscribe)
+            .filter(|r| !r.deny)
+            .peekable();
+        if allows.peek().is_some()
+            && !allows.any(|rule| filter_covers(&pattern(rule, username, client_id), filter))
+        {
+            return None;
+        }
+        Some((!exclusions.is_empty()).then(|| exclusions.into()))
+    }
+
+    /// The rules for this access that apply to `username`.
+    fn rules<'a>(
+        &'a self,
+        username: Option<&'a str>,
+        access: Access,
+    ) -> impl Iterator<Item = &'a AclRule> + 'a {
+        self.acl.iter().filter(move |rule| {
+            (rule.access == access || rule.access == Access::Both)
+                && rule.username.as_deref().is_none_or(|u| Some(u) == username)
         })
     }
 
@@ -89,39 +121,30 @@ impl Auth {
         username: Option<&str>,
         client_id: &str,
         access: Access,
-        check: impl Fn(&str, bool) -> bool,
+        check: impl Fn(&str) -> bool,
     ) -> bool {
         if self.acl.is_empty() {
             return true;
         }
-        let applies = |rule: &&AclRule| {
-            (rule.access == access || rule.access == Access::Both)
-                && rule.username.as_deref().is_none_or(|u| Some(u) == username)
-        };
-        let pattern = |rule: &AclRule| {
-            rule.topic
-                .replace("%u", username.unwrap_or("\u{0}"))
-                .replace("%c", client_id)
-        };
         if self
-            .acl
-            .iter()
-            .filter(applies)
-            .any(|rule| rule.deny && check(&pattern(rule), true))
+            .rules(username, access)
+            .any(|rule| rule.deny && check(&pattern(rule, username, client_id)))
         {
             return false;
         }
-        let mut allows = self
-            .acl
-            .iter()
-            .filter(applies)
-            .filter(|rule| !rule.deny)
-            .peekable();
+        let mut allows = self.rules(username, access).filter(|r| !r.deny).peekable();
         if allows.peek().is_none() {
             return true;
         }
-        allows.any(|rule| check(&pattern(rule), false))
+        allows.any(|rule| check(&pattern(rule, username, client_id)))
     }
+}
+
+/// The rule's topic with `%u` and `%c` replaced.
+fn pattern(rule: &AclRule, username: Option<&str>, client_id: &str) -> String {
+    rule.topic
+        .replace("%u", username.unwrap_or("\u{0}"))
+        .replace("%c", client_id)
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -192,9 +215,11 @@ mod tests {
             ..BrokerConfig::default()
         };
         let auth = Auth::new(&config);
-        assert!(!auth.may_subscribe(None, "c", "nosubscribe"));
-        assert!(!auth.may_subscribe(None, "c", "#"));
-        assert!(auth.may_subscribe(None, "c", "other/+"));
+        assert!(auth.subscribe_decision(None, "c", "nosubscribe").is_none());
+        // `#` is granted without the denied topic.
+        let exclusions = auth.subscribe_decision(None, "c", "#").unwrap().unwrap();
+        assert_eq!(&*exclusions, &["nosubscribe".into()] as &[Box<str>]);
+        assert_eq!(auth.subscribe_decision(None, "c", "other/+"), Some(None));
         assert!(auth.may_publish(None, "c", "nosubscribe"));
     }
 
@@ -204,8 +229,17 @@ mod tests {
         assert!(auth.may_publish(Some("alice"), "c", "cars/alice/gps"));
         assert!(!auth.may_publish(Some("alice"), "c", "cars/bob/gps"));
         assert!(!auth.may_publish(Some("alice"), "c", "public/x"));
-        assert!(auth.may_subscribe(Some("bob"), "c", "public/x"));
-        assert!(!auth.may_subscribe(Some("bob"), "c", "public/#"));
-        assert!(auth.may_subscribe(Some("alice"), "c", "cars/alice/+"));
+        assert_eq!(
+            auth.subscribe_decision(Some("bob"), "c", "public/x"),
+            Some(None)
+        );
+        assert!(
+            auth.subscribe_decision(Some("bob"), "c", "public/#")
+                .is_none()
+        );
+        assert_eq!(
+            auth.subscribe_decision(Some("alice"), "c", "cars/alice/+"),
+            Some(None)
+        );
     }
 }

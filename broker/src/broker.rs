@@ -29,7 +29,9 @@ use crate::persist;
 use crate::retained::RetainedStore;
 use crate::server::ListenerKind;
 use crate::session::{Outgoing, PushOutcome, Session};
-use crate::topic::{SubscriberId, Subscription, TopicTree, parse_filter, validate_topic_name};
+use crate::topic::{
+    SubscriberId, Subscription, TopicTree, excluded, parse_filter, validate_topic_name,
+};
 
 /// Where a subscription delivers.
 #[derive(Debug, Clone)]
@@ -95,7 +97,9 @@ impl Shared {
         }
         let mut targets: Vec<(SubscriberId, QoS, Target)> = Vec::new();
         self.tree_read().for_each_match(&message.topic, |sub| {
-            targets.push((sub.id, sub.qos, sub.target.clone()));
+            if !excluded(&sub.exclusions, &message.topic) {
+                targets.push((sub.id, sub.qos, sub.target.clone()));
+            }
         });
         if targets.len() > 1 {
             // [MQTT-3.3.5-1] overlapping subscriptions of one client get one
@@ -407,6 +411,8 @@ impl Broker {
                 id,
                 qos,
                 target: Target::Local(sender),
+                // In-process subscriptions are trusted.
+                exclusions: None,
             },
         )?;
         Ok(LocalSubscription {

@@ -14,7 +14,7 @@ use crate::connection::{End, MAX_READ_BUFFER, MIN_READ_BUFFER};
 use crate::message::Message;
 use crate::metrics::add;
 use crate::session::Session;
-use crate::topic::{Subscription, parse_filter};
+use crate::topic::{Subscription, excluded, parse_filter};
 
 pub(crate) struct Reader<'a> {
     pub(crate) shared: &'a Arc<Shared>,
@@ -193,49 +193,49 @@ impl Reader<'_> {
         let mut codes = Vec::with_capacity(subscribe.filters.len());
         let mut for_retained = Vec::new();
         for (filter, requested) in subscribe.filters {
-            let code = match parse_filter(&filter) {
+            let parsed = match parse_filter(&filter) {
+                Ok(parsed) => parsed,
                 Err(error) => {
                     tracing::debug!(%filter, %error, "invalid subscription");
-                    SubAckCode::Failure
+                    codes.push(SubAckCode::Failure);
+                    continue;
                 }
-                Ok(parsed)
-                    if !self.shared.auth.may_subscribe(
-                        self.username,
-                        self.client_id,
-                        parsed.filter,
-                    ) =>
-                {
-                    tracing::debug!(%filter, "subscription denied by acl");
-                    SubAckCode::Failure
-                }
-                Ok(_)
-                    if self
-                        .session
-                        .at_subscription_limit(&filter, max_subscriptions) =>
-                {
-                    tracing::info!(%filter, max_subscriptions, "subscription limit reached");
-                    SubAckCode::Failure
-                }
-                Ok(parsed) => {
-                    let is_shared = parsed.share_group.is_some();
-                    let subscription = Subscription {
-                        id: self.session.id,
-                        qos: requested,
-                        target: Target::Client(self.session.clone()),
-                    };
-                    match self.shared.tree_write().subscribe(&filter, subscription) {
-                        Ok(_) => {
-                            self.session
-                                .subscriptions()
-                                .insert(filter.clone(), requested);
-                            if !is_shared {
-                                for_retained.push((filter, requested));
-                            }
-                            // [MQTT-3.9.3-1] granted QoS is the requested one (all supported).
-                            SubAckCode::Granted(requested)
+            };
+            let Some(exclusions) =
+                self.shared
+                    .auth
+                    .subscribe_decision(self.username, self.client_id, parsed.filter)
+            else {
+                tracing::debug!(%filter, "subscription denied by acl");
+                codes.push(SubAckCode::Failure);
+                continue;
+            };
+            let is_shared = parsed.share_group.is_some();
+            let code = if self
+                .session
+                .at_subscription_limit(&filter, max_subscriptions)
+            {
+                tracing::info!(%filter, max_subscriptions, "subscription limit reached");
+                SubAckCode::Failure
+            } else {
+                let subscription = Subscription {
+                    id: self.session.id,
+                    qos: requested,
+                    target: Target::Client(self.session.clone()),
+                    exclusions: exclusions.clone(),
+                };
+                match self.shared.tree_write().subscribe(&filter, subscription) {
+                    Ok(_) => {
+                        self.session
+                            .subscriptions()
+                            .insert(filter.clone(), (requested, exclusions.clone()));
+                        if !is_shared {
+                            for_retained.push((filter, requested, exclusions));
                         }
-                        Err(_) => SubAckCode::Failure,
+                        // [MQTT-3.9.3-1] granted QoS is the requested one (all supported).
+                        SubAckCode::Granted(requested)
                     }
+                    Err(_) => SubAckCode::Failure,
                 }
             };
             codes.push(code);
@@ -249,9 +249,12 @@ impl Reader<'_> {
             }))
             .await;
         let target = Target::Client(self.session.clone());
-        for (filter, granted) in for_retained {
+        for (filter, granted, exclusions) in for_retained {
             // [MQTT-3.3.1-6] [MQTT-3.3.1-8] retained messages with retain 1.
             for message in self.shared.retained.matching(&filter) {
+                if excluded(&exclusions, &message.topic) {
+                    continue;
+                }
                 let qos = message.qos.min(granted);
                 self.shared.deliver(&target, &message, qos, true).await;
             }

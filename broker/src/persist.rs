@@ -5,6 +5,7 @@
 //! A crash loses what changed since the last clean shutdown; see
 //! `docs/broker.md`.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -16,7 +17,7 @@ use crate::codec::QoS;
 use crate::error::BrokerError;
 use crate::message::Message;
 use crate::session::{Outgoing, Session};
-use crate::topic::Subscription;
+use crate::topic::{Exclusions, Subscription};
 
 const FILE_NAME: &str = "broker-state.json";
 const VERSION: u32 = 1;
@@ -46,6 +47,9 @@ struct StoredMessage {
 struct StoredSession {
     client_id: String,
     subscriptions: Vec<(String, QoS)>,
+    /// Filter -> topics it must not receive (ACL deny rules it overlaps).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    exclusions: Vec<(String, Vec<String>)>,
     queued: Vec<StoredMessage>,
 }
 
@@ -78,19 +82,27 @@ pub(crate) fn save(shared: &Shared, dir: &Path) -> Result<(), BrokerError> {
     let sessions_held: Vec<Arc<Session>> = shared.sessions().values().cloned().collect();
     let sessions = sessions_held
         .iter()
-        .map(|session| StoredSession {
-            client_id: session.client_id.to_string(),
-            subscriptions: session
-                .subscriptions()
-                .iter()
-                .map(|(f, q)| (f.clone(), *q))
-                .collect(),
-            queued: session
-                .queue
-                .pending()
-                .iter()
-                .map(|o| stored(&o.message, o.qos, o.retain))
-                .collect(),
+        .map(|session| {
+            // One lock for both lists: a second `subscriptions()` in the same
+            // expression would wait for the first guard forever.
+            let held = session.subscriptions();
+            StoredSession {
+                client_id: session.client_id.to_string(),
+                subscriptions: held.iter().map(|(f, (q, _))| (f.clone(), *q)).collect(),
+                exclusions: held
+                    .iter()
+                    .filter_map(|(f, (_, e))| {
+                        let topics = e.as_deref()?.iter().map(|t| t.to_string()).collect();
+                        Some((f.clone(), topics))
+                    })
+                    .collect(),
+                queued: session
+                    .queue
+                    .pending()
+                    .iter()
+                    .map(|o| stored(&o.message, o.qos, o.retain))
+                    .collect(),
+            }
         })
         .collect();
     let snapshot = Snapshot {
@@ -156,14 +168,20 @@ pub(crate) fn load(shared: &Shared, dir: &Path) -> Result<(), BrokerError> {
         {
             let mut tree = shared.tree_write();
             let mut subscriptions = session.subscriptions();
+            let mut exclusions: HashMap<String, Vec<String>> =
+                stored.exclusions.into_iter().collect();
             for (filter, qos) in stored.subscriptions {
+                let excluded: Exclusions = exclusions
+                    .remove(&filter)
+                    .map(|topics| topics.into_iter().map(String::into_boxed_str).collect());
                 let sub = Subscription {
                     id: session.id,
                     qos,
                     target: Target::Client(session.clone()),
+                    exclusions: excluded.clone(),
                 };
                 if tree.subscribe(&filter, sub).is_ok() {
-                    subscriptions.insert(filter, qos);
+                    subscriptions.insert(filter, (qos, excluded));
                 }
             }
         }

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::codec::{Packet, QoS};
 use crate::message::Message;
 use crate::metrics::add;
-use crate::topic::SubscriberId;
+use crate::topic::{Exclusions, SubscriberId};
 
 /// Responses (acks, SUBACK, PINGRESP) a client may leave unread before its
 /// own read loop waits.
@@ -387,8 +387,8 @@ pub(crate) struct Session {
     pub(crate) id: SubscriberId,
     pub(crate) client_id: Arc<str>,
     pub(crate) queue: SessionQueue,
-    /// Filters and granted QoS, mirrored in the topic tree.
-    pub(crate) subscriptions: Mutex<HashMap<String, QoS>>,
+    /// Filters, granted QoS and ACL exclusions, mirrored in the topic tree.
+    pub(crate) subscriptions: Mutex<HashMap<String, (QoS, Exclusions)>>,
     /// Held by the connection using the session; a takeover waits for it.
     pub(crate) active: Arc<tokio::sync::Mutex<()>>,
     /// Cancels the connection using the session (takeover, [MQTT-3.1.4-2]).
@@ -436,7 +436,7 @@ impl Session {
             .is_some_and(|since| since.elapsed() > expiry)
     }
 
-    pub(crate) fn subscriptions(&self) -> MutexGuard<'_, HashMap<String, QoS>> {
+    pub(crate) fn subscriptions(&self) -> MutexGuard<'_, HashMap<String, (QoS, Exclusions)>> {
         self.subscriptions
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())

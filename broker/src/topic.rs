@@ -7,6 +7,7 @@
 //! match picks one member of each group round-robin.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::codec::QoS;
@@ -157,12 +158,25 @@ pub fn filters_overlap(a: &str, b: &str) -> bool {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SubscriberId(pub u64);
 
+/// Topic filters whose topics a subscription must not receive: the deny
+/// ACL rules that overlap its filter without covering it (`None` for almost
+/// every subscription, so routing pays one branch).
+pub type Exclusions = Option<Arc<[Box<str>]>>;
+
+/// True if `topic` is excluded by `exclusions`.
+pub fn excluded(exclusions: &Exclusions, topic: &str) -> bool {
+    exclusions
+        .as_deref()
+        .is_some_and(|filters| filters.iter().any(|f| filter_matches(f, topic)))
+}
+
 /// One subscription stored in the tree.
 #[derive(Debug, Clone)]
 pub struct Subscription<V> {
     pub id: SubscriberId,
     pub qos: QoS,
     pub target: V,
+    pub exclusions: Exclusions,
 }
 
 #[derive(Debug)]
@@ -367,6 +381,7 @@ mod tests {
             id: SubscriberId(id),
             qos: QoS::AtMostOnce,
             target: id,
+            exclusions: None,
         }
     }
 
