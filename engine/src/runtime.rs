@@ -13,7 +13,7 @@
 //! panic in a sync node is caught at the node boundary, and a task node that
 //! fails or panics is rebuilt from its config and restarted with backoff.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -124,6 +124,12 @@ struct QueueSlot {
 /// One task of a running flow: a root node and the sync nodes fused into
 /// it. A partial redeploy keeps or replaces whole units.
 struct Unit {
+    head: UnitHead,
+    handle: JoinHandle<()>,
+}
+
+/// What a unit is, apart from its running task.
+struct UnitHead {
     /// The root node's id.
     root: String,
     /// Every node this task runs, root first, with their keys.
@@ -136,7 +142,15 @@ struct Unit {
     halt: CancellationToken,
     /// Messages this task created that have not finished.
     origin: Arc<InFlight>,
-    handle: JoinHandle<()>,
+}
+
+impl UnitHead {
+    fn spawn(self, run: impl std::future::Future<Output = ()> + Send + 'static) -> Unit {
+        Unit {
+            head: self,
+            handle: tokio::spawn(run),
+        }
+    }
 }
 
 impl Unit {
@@ -147,14 +161,17 @@ impl Unit {
     /// it is halted (and aborted after 5 s).
     async fn finish(self, queue_kept: bool, drain: Duration) {
         let Unit {
-            root,
-            source,
-            retire,
-            stopping,
-            halt,
-            origin,
+            head:
+                UnitHead {
+                    root,
+                    source,
+                    retire,
+                    stopping,
+                    halt,
+                    origin,
+                    ..
+                },
             mut handle,
-            ..
         } = self;
         stopping.cancel();
         let drained = if source {
@@ -446,15 +463,17 @@ impl RunningFlow {
         } = self;
         let keys = node_keys(&flow);
         let layout = layout(&flow);
-        let mut old_units: HashMap<String, Unit> =
-            units.into_iter().map(|u| (u.root.clone(), u)).collect();
+        let mut old_units: HashMap<String, Unit> = units
+            .into_iter()
+            .map(|u| (u.head.root.clone(), u))
+            .collect();
         let mut kept = Vec::new();
         for (root, members) in &layout {
             let root_id = flow.nodes[*root].id.as_str();
             let same =
                 old_units.get(root_id).is_some_and(|old| {
-                    old.members.len() == members.len()
-                        && old.members.iter().zip(members).all(|((id, key), &m)| {
+                    old.head.members.len() == members.len()
+                        && old.head.members.iter().zip(members).all(|((id, key), &m)| {
                             id == flow.nodes[m].id.as_str() && *key == keys[m]
                         })
                 });
@@ -462,9 +481,9 @@ impl RunningFlow {
                 kept.push(unit);
             }
         }
-        let kept_ids: HashMap<&str, ()> = kept
+        let kept_ids: HashSet<String> = kept
             .iter()
-            .flat_map(|u| u.members.iter().map(|(id, _)| (id.as_str(), ())))
+            .flat_map(|u| u.head.members.iter().map(|(id, _)| id.clone()))
             .collect();
 
         // Unchanged config nodes keep their running instance (one broker
@@ -485,7 +504,7 @@ impl RunningFlow {
             .collect();
         let merged = Arc::new(merged);
         for node in &mut flow.nodes {
-            if node.config_refs.is_empty() || kept_ids.contains_key(node.id.as_str()) {
+            if node.config_refs.is_empty() || kept_ids.contains(node.id.as_str()) {
                 continue;
             }
             node.rebuild = node.rebuild.with_configs(merged.clone());
@@ -500,7 +519,7 @@ impl RunningFlow {
         // Kept nodes keep their monitors: the running instance holds them.
         let old_monitors: HashMap<&str, &Arc<NodeMonitor>> = old_nodes
             .iter()
-            .filter(|n| kept_ids.contains_key(n.id.as_str()))
+            .filter(|n| kept_ids.contains(n.id.as_str()))
             .map(|n| (n.id.as_str(), &n.monitor))
             .collect();
         for node in &mut flow.nodes {
@@ -509,70 +528,59 @@ impl RunningFlow {
             }
         }
 
-        let mut new_queues: HashMap<String, QueueSlot> = HashMap::new();
-        for (i, node) in flow.nodes.iter().enumerate() {
-            if needs_queue(&flow, &layout, i) {
-                let id = node.id.as_str();
-                let slot = queues.remove(id).unwrap_or_else(|| {
-                    let (tx, rx) = mpsc::channel(queue_capacity(shared, &flow));
-                    QueueSlot {
-                        tx,
-                        rx: Arc::new(Mutex::new(rx)),
-                    }
-                });
-                node.monitor.attach_queue(&slot.tx);
-                new_queues.insert(id.to_string(), slot);
-            }
-        }
-        // Queues no node reads any more close once their upstream stops;
-        // their old readers finish them first.
-        drop(queues);
+        // Queues of nodes that still need one carry over (with what is in
+        // them); the others close once their upstream stops, and their old
+        // readers finish them first.
+        let queued: HashSet<&str> = (0..flow.nodes.len())
+            .filter(|&i| needs_queue(&flow, &layout, i))
+            .map(|i| flow.nodes[i].id.as_str())
+            .collect();
+        queues.retain(|id, _| queued.contains(id.as_str()));
 
-        let new_ids: HashMap<&str, ()> = flow.nodes.iter().map(|n| (n.id.as_str(), ())).collect();
+        let new_ids: HashSet<&str> = flow.nodes.iter().map(|n| n.id.as_str()).collect();
         let removed: Vec<String> = old_nodes
             .iter()
-            .filter(|n| !new_ids.contains_key(n.id.as_str()))
+            .filter(|n| !new_ids.contains(n.id.as_str()))
             .map(|n| n.id.clone())
             .collect();
         let retiring: Vec<(Unit, bool)> = old_units
             .into_values()
             .map(|unit| {
-                let queue_kept = new_queues.contains_key(&unit.root);
+                let queue_kept = queues.contains_key(&unit.head.root);
                 (unit, queue_kept)
             })
             .collect();
+        let (started, kept_nodes): (Vec<String>, Vec<String>) = flow
+            .nodes
+            .iter()
+            .map(|n| n.id.as_str().to_string())
+            .partition(|id| !kept_ids.contains(id));
 
         let carry = Carry {
             hub: Some(hub),
             stopping,
             halt,
-            queues: new_queues,
+            queues,
             kept,
         };
+        let (mut running, pending) = build_units(shared, flow, carry);
+        // Tasks with input started at once and wait for their queue, which
+        // their predecessor releases when done; new sources start once the
+        // old ones are gone (a route, a client id).
         let drain = shared.settings.drain_timeout;
-        let (running, started) = start_with(shared, flow, carry, |pending| async move {
-            // New sources start once the old ones are gone (a route, a
-            // client id); tasks with input start at once and wait for
-            // their queue, which their predecessor releases when done.
-            futures::future::join_all(
-                retiring
-                    .into_iter()
-                    .map(|(unit, queue_kept)| unit.finish(queue_kept, drain)),
-            )
-            .await;
-            pending
-        })
+        futures::future::join_all(
+            retiring
+                .into_iter()
+                .map(|(unit, queue_kept)| unit.finish(queue_kept, drain)),
+        )
         .await;
-        let kept: Vec<String> = running
-            .nodes
-            .iter()
-            .filter(|n| !started.contains(&n.id))
-            .map(|n| n.id.clone())
-            .collect();
+        for source in pending {
+            running.units.push(source.spawn());
+        }
         let report = DeployReport {
             full: false,
             started,
-            kept,
+            kept: kept_nodes,
             removed,
         };
         (running, report)
@@ -584,7 +592,7 @@ struct Carry {
     hub: Option<Arc<FlowHub>>,
     stopping: CancellationToken,
     halt: CancellationToken,
-    /// Queues by node id, for every node that needs one in the new flow.
+    /// Queues by node id that the new flow's nodes take over.
     queues: HashMap<String, QueueSlot>,
     /// Units that keep running.
     kept: Vec<Unit>,
@@ -743,72 +751,15 @@ fn start(shared: &Arc<EngineShared>, flow: Flow, carry: Carry) -> RunningFlow {
     running
 }
 
-/// Starts the units of `flow` that `carry` does not keep; new sources
-/// start after `before_sources` has run. Returns the ids of the nodes
-/// started.
-async fn start_with<F, Fut>(
-    shared: &Arc<EngineShared>,
-    flow: Flow,
-    carry: Carry,
-    before_sources: F,
-) -> (RunningFlow, Vec<String>)
-where
-    F: FnOnce(Vec<PendingSource>) -> Fut,
-    Fut: std::future::Future<Output = Vec<PendingSource>>,
-{
-    let kept: Vec<String> = carry
-        .kept
-        .iter()
-        .flat_map(|u| u.members.iter().map(|(id, _)| id.clone()))
-        .collect();
-    let (mut running, pending) = build_units(shared, flow, carry);
-    for source in before_sources(pending).await {
-        running.units.push(source.spawn());
-    }
-    let started = running
-        .nodes
-        .iter()
-        .filter(|n| !kept.contains(&n.id))
-        .map(|n| n.id.clone())
-        .collect();
-    (running, started)
-}
-
 /// A source task built but not spawned yet.
 struct PendingSource {
-    unit: UnitHead,
+    head: UnitHead,
     run: futures::future::BoxFuture<'static, ()>,
 }
 
 impl PendingSource {
     fn spawn(self) -> Unit {
-        self.unit.with_handle(tokio::spawn(self.run))
-    }
-}
-
-/// A unit before its task is spawned.
-struct UnitHead {
-    root: String,
-    members: Vec<(String, u64)>,
-    source: bool,
-    retire: CancellationToken,
-    stopping: CancellationToken,
-    halt: CancellationToken,
-    origin: Arc<InFlight>,
-}
-
-impl UnitHead {
-    fn with_handle(self, handle: JoinHandle<()>) -> Unit {
-        Unit {
-            root: self.root,
-            members: self.members,
-            source: self.source,
-            retire: self.retire,
-            stopping: self.stopping,
-            halt: self.halt,
-            origin: self.origin,
-            handle,
-        }
+        self.head.spawn(self.run)
     }
 }
 
@@ -831,7 +782,13 @@ fn build_units(
     let mut slots = carry.queues;
     for (i, node) in flow.nodes.iter().enumerate() {
         let id = node.id.as_str();
-        if needs_queue(&flow, &layout, i) && !slots.contains_key(id) {
+        if !needs_queue(&flow, &layout, i) {
+            continue;
+        }
+        if let Some(slot) = slots.get(id) {
+            // Carried over: a restarted node's new monitor shows its depth.
+            node.monitor.attach_queue(&slot.tx);
+        } else {
             let (tx, rx) = mpsc::channel(capacity);
             node.monitor.attach_queue(&tx);
             slots.insert(
@@ -864,7 +821,7 @@ fn build_units(
         })
         .collect();
 
-    let kept_roots: Vec<String> = carry.kept.iter().map(|u| u.root.clone()).collect();
+    let kept_roots: Vec<String> = carry.kept.iter().map(|u| u.head.root.clone()).collect();
     let mut units = carry.kept;
     let mut pending = Vec::new();
     let mut specs: Vec<Option<NodeSpec>> = flow.nodes.iter_mut().map(|n| n.spec.take()).collect();
@@ -921,7 +878,7 @@ fn build_units(
                     head.halt.clone(),
                 );
                 let run = run_sync_root(dispatcher, input, head.retire.clone(), head.halt.clone());
-                units.push(head.with_handle(tokio::spawn(run)));
+                units.push(head.spawn(run));
             }
             NodeImpl::Task(task) => {
                 let routes = wiring.routes(root);
@@ -950,14 +907,14 @@ fn build_units(
                 let run = run_task_root(task, parts, node.rebuild.clone());
                 if is_source {
                     pending.push(PendingSource {
-                        unit: UnitHead {
+                        head: UnitHead {
                             source: true,
                             ..head
                         },
                         run: Box::pin(run),
                     });
                 } else {
-                    units.push(head.with_handle(tokio::spawn(run)));
+                    units.push(head.spawn(run));
                 }
             }
         }
