@@ -60,6 +60,18 @@ pub fn run_sync<T: NodeType>(config_yaml: &str, inputs: Vec<Msg>) -> Result<Outp
     Ok(run_sync_node(node.as_mut(), spec.outputs, inputs))
 }
 
+/// A message whose properties are the fields of `json` (an object; any
+/// other value gives a message with a null payload and nothing else).
+pub fn msg_from_json(json: serde_json::Value) -> Msg {
+    let mut msg = Msg::new(crate::Value::Null);
+    if let crate::Value::Object(map) = crate::Value::from(json) {
+        for (k, v) in map.iter() {
+            msg.props_mut().insert(k.clone(), v.clone());
+        }
+    }
+    msg
+}
+
 /// Runs `inputs` through an already built sync node.
 pub fn run_sync_node(node: &mut dyn SyncNode, outputs: usize, inputs: Vec<Msg>) -> Outputs {
     let mut result = Outputs {

@@ -449,6 +449,7 @@ async fn store_one(backend: &dyn GeoBackend, doc: &Value) -> Result<Value, Failu
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+    use runnel_engine::testing::msg_from_json as msg;
 
     fn settings() -> Settings {
         Settings {
@@ -457,16 +458,6 @@ mod tests {
             id_property: None,
             defaults: vec![("limit".into(), "10".into())],
         }
-    }
-
-    fn msg(json: serde_json::Value) -> Msg {
-        let mut msg = Msg::new(Value::Null);
-        if let Value::Object(map) = Value::from(json) {
-            for (k, v) in map.iter() {
-                msg.props_mut().insert(k.clone(), v.clone());
-            }
-        }
-        msg
     }
 
     #[test]

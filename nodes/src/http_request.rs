@@ -604,16 +604,7 @@ impl Template {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-
-    fn msg(json: serde_json::Value) -> Msg {
-        let mut msg = Msg::new(Value::Null);
-        if let Value::Object(map) = Value::from(json) {
-            for (k, v) in map.iter() {
-                msg.props_mut().insert(k.clone(), v.clone());
-            }
-        }
-        msg
-    }
+    use runnel_engine::testing::msg_from_json as msg;
 
     #[test]
     fn templates_encode_by_default_and_refuse_missing_values() {

@@ -269,16 +269,7 @@ fn user_properties(value: &Value) -> Result<Vec<(String, String)>, String> {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-
-    fn msg_with(json: serde_json::Value) -> Msg {
-        let mut msg = Msg::new(Value::Null);
-        if let Value::Object(map) = Value::from(json) {
-            for (k, v) in map.iter() {
-                msg.props_mut().insert(k.clone(), v.clone());
-            }
-        }
-        msg
-    }
+    use runnel_engine::testing::msg_from_json as msg_with;
 
     #[test]
     fn properties_go_to_the_message_and_back() {
