@@ -10,18 +10,13 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use runnel_engine::schemars::{self, JsonSchema};
-use runnel_engine::testing::{Collect, collect};
-use runnel_engine::{
-    BuildCtx, BuildError, CatchScope, Engine, EngineSettings, EngineShared, Msg, NodeError,
-    NodeSpec, NodeType, Out, Registry, SyncNode,
-};
-use serde::Deserialize;
+use runnel_engine::Msg;
+use runnel_engine::testing::collect;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 mod common;
 
-use common::{BrokerOpts, GUARD, Hold, Mosquitto, free_port, hold};
+use common::{BrokerOpts, GUARD, Mosquitto, deploy, engine, free_port, hold, n_of, next};
 
 /// Publishes with mosquitto_pub; true when the broker accepted it (for QoS
 /// 1/2: acknowledged).
@@ -122,95 +117,6 @@ async fn wait_subscribed(port: u16, topic: &str, rx: &mut UnboundedReceiver<Msg>
 
 // ---------------------------------------------------------------- engine
 
-/// Forwards errors (a test `catch`).
-struct Catch;
-
-#[derive(Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-struct CatchConfig {}
-
-struct Forward;
-
-impl SyncNode for Forward {
-    fn on_msg(&mut self, msg: Msg, out: &mut Out) -> Result<(), NodeError> {
-        out.send(0, msg)
-    }
-}
-
-impl NodeType for Catch {
-    const TYPE: &'static str = "t-catch";
-    const SUMMARY: &'static str = "test catch";
-    type Config = CatchConfig;
-    fn build(_: CatchConfig, _: &BuildCtx<'_>) -> Result<NodeSpec, BuildError> {
-        let mut spec = NodeSpec::sync(1, Forward).catching(CatchScope::All);
-        spec.has_input = false;
-        Ok(spec)
-    }
-}
-
-fn registry() -> Arc<Registry> {
-    let mut registry = Registry::new();
-    runnel_nodes::register_all(&mut registry);
-    registry
-        .register::<Collect>()
-        .register::<Catch>()
-        .register::<Hold>();
-    registry.into_shared()
-}
-
-fn engine() -> Arc<Engine> {
-    let settings = EngineSettings {
-        drain_timeout: Duration::from_secs(5),
-        ..EngineSettings::default()
-    };
-    Engine::new(registry(), EngineShared::new(settings))
-}
-
-async fn deploy(engine: &Engine, name: &str, yaml: &str, env: &[(&str, &str)]) {
-    deploy_report(engine, name, yaml, env).await;
-}
-
-async fn deploy_report(
-    engine: &Engine,
-    name: &str,
-    yaml: &str,
-    env: &[(&str, &str)],
-) -> runnel_engine::DeployReport {
-    let env: HashMap<String, String> = env
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let flow = engine
-        .loader()
-        .load_with_env(Path::new(&format!("{name}.yaml")), yaml, &env)
-        .unwrap_or_else(|d| panic!("flow should load:\n{d}"));
-    engine.deploy(flow).await
-}
-
-async fn next(rx: &mut UnboundedReceiver<Msg>) -> Msg {
-    tokio::time::timeout(GUARD, rx.recv())
-        .await
-        .expect("a message within the hang guard")
-        .expect("channel open")
-}
-
-async fn next_external(
-    rx: &mut UnboundedReceiver<(String, Vec<u8>, bool)>,
-) -> (String, Vec<u8>, bool) {
-    tokio::time::timeout(GUARD, rx.recv())
-        .await
-        .expect("a message within the hang guard")
-        .expect("channel open")
-}
-
-fn n_of(msg: &Msg) -> i64 {
-    msg.payload()
-        .as_object()
-        .and_then(|o| o.get("n"))
-        .and_then(runnel_engine::Value::as_i64)
-        .unwrap_or(-1)
-}
-
 // ---------------------------------------------------------------- tests
 
 async fn roundtrip(qos: u8) {
@@ -276,7 +182,7 @@ nodes:
 
     let mut out = BTreeSet::new();
     while out.len() < count {
-        let (topic, payload, _) = next_external(&mut outside).await;
+        let (topic, payload, _) = next(&mut outside).await;
         assert_eq!(topic, "out/x");
         let value: serde_json::Value = serde_json::from_slice(&payload).unwrap();
         out.insert(value["n"].as_i64().unwrap());
@@ -325,7 +231,7 @@ nodes:
     drop(msg);
     // The copy was published retained: a new subscriber gets it at once.
     let mut late = subscriber(port, "copy/lamp", rumqttc::QoS::AtLeastOnce);
-    let (topic, payload, retain) = next_external(&mut late).await;
+    let (topic, payload, retain) = next(&mut late).await;
     assert_eq!(
         (topic.as_str(), payload.as_slice(), retain),
         ("copy/lamp", &b"on"[..], true)
@@ -793,7 +699,7 @@ nodes:
             assert!(tokio::time::Instant::now() < deadline, "traffic stalled");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let report = deploy_report(&engine, "redeploy", flow, &env).await;
+        let report = deploy(&engine, "redeploy", flow, &env).await;
         assert_eq!(report.started, *started, "round {round}: {report:?}");
         assert_eq!(report.kept, *kept, "round {round}: {report:?}");
     }
@@ -887,7 +793,7 @@ nodes:
         }
     };
     while got.len() < 50 {
-        let (_, payload, _) = next_external(&mut outside).await;
+        let (_, payload, _) = next(&mut outside).await;
         take(&mut got, &payload);
     }
     broker.stop();
@@ -1098,7 +1004,7 @@ nodes:
     }
     // Published with retain: a subscriber arriving now gets it retained.
     let mut late = subscriber(port, "dst/lamp", rumqttc::QoS::AtLeastOnce);
-    let (topic, payload, retain) = next_external(&mut late).await;
+    let (topic, payload, retain) = next(&mut late).await;
     assert_eq!(topic, "dst/lamp");
     assert!(retain, "published with retain from msg.retain");
     assert_eq!(payload, br#"{"on":true}"#);

@@ -7,7 +7,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,14 +16,14 @@ use bytes::Bytes;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish, PublishProperties};
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
-use runnel_engine::testing::{Collect, collect};
-use runnel_engine::{Engine, EngineSettings, EngineShared, Msg, Registry, Value};
+use runnel_engine::testing::collect;
+use runnel_engine::{Engine, Msg, Value};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::watch;
 
 mod common;
 
-use common::{BrokerOpts, GUARD, Hold, Mosquitto, free_port, hold};
+use common::{BrokerOpts, GUARD, Mosquitto, deploy, engine, free_port, hold, n_of, next};
 
 // ---------------------------------------------------------- outside client
 
@@ -152,42 +151,8 @@ async fn wait_flow_subscribed(publisher: &Outside, topic: &str, seen: &mut Unbou
 
 // ---------------------------------------------------------------- engine
 
-fn registry() -> Arc<Registry> {
-    let mut registry = Registry::new();
-    runnel_nodes::register_all(&mut registry);
-    registry.register::<Collect>().register::<Hold>();
-    registry.into_shared()
-}
-
-fn engine() -> Arc<Engine> {
-    let settings = EngineSettings {
-        drain_timeout: Duration::from_secs(5),
-        ..EngineSettings::default()
-    };
-    Engine::new(registry(), EngineShared::new(settings))
-}
-
-async fn deploy(engine: &Engine, name: &str, yaml: &str, port: u16) {
-    deploy_with(engine, name, yaml, &[("PORT", &port.to_string())]).await;
-}
-
-async fn deploy_with(engine: &Engine, name: &str, yaml: &str, env: &[(&str, &str)]) {
-    let env: HashMap<String, String> = env
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let flow = engine
-        .loader()
-        .load_with_env(Path::new(&format!("{name}.yaml")), yaml, &env)
-        .unwrap_or_else(|d| panic!("flow should load:\n{d}"));
-    engine.deploy(flow).await;
-}
-
-async fn next(rx: &mut UnboundedReceiver<Msg>) -> Msg {
-    tokio::time::timeout(GUARD, rx.recv())
-        .await
-        .expect("a message within the hang guard")
-        .expect("channel open")
+async fn deploy_on(engine: &Engine, name: &str, yaml: &str, port: u16) {
+    deploy(engine, name, yaml, &[("PORT", &port.to_string())]).await;
 }
 
 /// The next message with a numbered payload (`{"n": ...}`), skipping
@@ -205,14 +170,6 @@ fn n_of_json(payload: &[u8]) -> i64 {
     serde_json::from_slice::<serde_json::Value>(payload)
         .ok()
         .and_then(|v| v["n"].as_i64())
-        .unwrap_or(-1)
-}
-
-fn n_of(msg: &Msg) -> i64 {
-    msg.payload()
-        .as_object()
-        .and_then(|o| o.get("n"))
-        .and_then(Value::as_i64)
         .unwrap_or(-1)
 }
 
@@ -236,7 +193,7 @@ nodes:
   - {{id: out, type: mqtt-out, broker: broker, topic: v5out/x, qos: {level}}}
 "#
     );
-    deploy(&engine, &channel, &flow, port).await;
+    deploy_on(&engine, &channel, &flow, port).await;
     sink.wait_subscribed().await;
     wait_flow_subscribed(&publisher, "v5in/probe", &mut seen).await;
     // Probes went out too: skip them on the outside.
@@ -313,7 +270,7 @@ nodes:
     content_type: text/plain
     user_properties: {source: runnel}
 "#;
-    deploy(&engine, "v5-props", flow, port).await;
+    deploy_on(&engine, "v5-props", flow, port).await;
     sink.wait_subscribed().await;
     wait_flow_subscribed(&publisher, "props-in", &mut seen).await;
 
@@ -424,7 +381,7 @@ nodes:
         let mut seen = hold("crash5-1");
         let publisher = outside(port, None);
         let engine = engine();
-        deploy(
+        deploy_on(
             &engine,
             "crash5",
             &flow.replace("CHANNEL", "crash5-1"),
@@ -484,7 +441,7 @@ nodes:
         );
         let mut seen = hold("crash5-2");
         let engine = engine();
-        deploy(
+        deploy_on(
             &engine,
             "crash5",
             &flow.replace("CHANNEL", "crash5-2"),
@@ -548,7 +505,7 @@ nodes:
             ("MQTT_PASSWORD", password),
         ]
     };
-    deploy_with(&engine, "v5-tls", flow, &env("wrong")).await;
+    deploy(&engine, "v5-tls", flow, &env("wrong")).await;
     let deadline = tokio::time::Instant::now() + GUARD;
     let status = loop {
         let info = engine.flow("v5-tls").await.unwrap();
@@ -572,7 +529,7 @@ nodes:
     assert!(!status.text.contains("wrong"), "the password must not show");
 
     // The right password (a redeploy) connects over TLS, as MQTT 5.
-    deploy_with(&engine, "v5-tls", flow, &env("s3cret")).await;
+    deploy(&engine, "v5-tls", flow, &env("s3cret")).await;
     let deadline = tokio::time::Instant::now() + GUARD;
     loop {
         assert!(
@@ -654,7 +611,7 @@ nodes:
   - {id: errors, type: catch, wires: [[caught]]}
   - {id: caught, type: test-collect, channel: v5-bad-errors}
 "#;
-    deploy(&engine, "v5-bad", flow, port).await;
+    deploy_on(&engine, "v5-bad", flow, port).await;
     sink.wait_subscribed().await;
     wait_flow_subscribed(&publisher, "bad-in", &mut seen).await;
     // The probes ("probe" as userProperties) failed too.
@@ -697,7 +654,7 @@ nodes:
   - {id: in, type: mqtt-in, broker: broker, topic: "big", qos: 1, max_payload: 2000, wires: [[seen]]}
   - {id: seen, type: test-collect, channel: v5-big}
 "#;
-    deploy(&engine, "v5-big", flow, port).await;
+    deploy_on(&engine, "v5-big", flow, port).await;
     wait_flow_subscribed(&publisher, "big", &mut seen).await;
     let big = format!(r#"{{"n": 1, "pad": "{}"}}"#, "x".repeat(8000));
     publisher
@@ -760,7 +717,7 @@ nodes:
   - {id: in, type: mqtt-in, broker: broker, topic: "pipe5/in", qos: 1, wires: [[out]]}
   - {id: out, type: mqtt-out, broker: broker, topic: pipe5/out, qos: 1}
 "#;
-    deploy(&engine, "pipe5", flow, port).await;
+    deploy_on(&engine, "pipe5", flow, port).await;
     reader.wait_subscribed().await;
     // Up once a probe comes through the whole pipe.
     let deadline = tokio::time::Instant::now() + GUARD;

@@ -1,16 +1,22 @@
 //! Helpers for the MQTT tests of `runnel-nodes`: a private Mosquitto per
 //! test (optionally with TLS and a password file), and a test sink that
-//! keeps messages unfinished. Used by `mqtt.rs` and `mqtt5.rs`.
+//! keeps messages unfinished, a test `catch`, and an engine with all of
+//! them registered. Used by `mqtt.rs` and `mqtt5.rs`.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use runnel_engine::schemars::{self, JsonSchema};
-use runnel_engine::{BuildCtx, BuildError, Msg, NodeError, NodeSpec, NodeType, Out, SyncNode};
+use runnel_engine::testing::Collect;
+use runnel_engine::{
+    BuildCtx, BuildError, CatchScope, DeployReport, Engine, EngineSettings, EngineShared, Msg,
+    NodeError, NodeSpec, NodeType, Out, Registry, SyncNode,
+};
 use serde::Deserialize;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
@@ -274,4 +280,78 @@ impl NodeType for Hold {
             .cloned();
         Ok(NodeSpec::sync(0, HoldNode(tx)))
     }
+}
+
+// ------------------------------------------------------------------ engine
+
+/// Forwards errors (`t-catch`: a test `catch` of every node's errors).
+pub struct Catch;
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CatchConfig {}
+
+struct Forward;
+
+impl SyncNode for Forward {
+    fn on_msg(&mut self, msg: Msg, out: &mut Out) -> Result<(), NodeError> {
+        out.send(0, msg)
+    }
+}
+
+impl NodeType for Catch {
+    const TYPE: &'static str = "t-catch";
+    const SUMMARY: &'static str = "test catch";
+    type Config = CatchConfig;
+    fn build(_: CatchConfig, _: &BuildCtx<'_>) -> Result<NodeSpec, BuildError> {
+        let mut spec = NodeSpec::sync(1, Forward).catching(CatchScope::All);
+        spec.has_input = false;
+        Ok(spec)
+    }
+}
+
+/// An engine with every runnel node type plus `test-collect`, `t-hold` and
+/// `t-catch`, draining for at most 5 s.
+pub fn engine() -> Arc<Engine> {
+    let mut registry = Registry::new();
+    runnel_nodes::register_all(&mut registry);
+    registry
+        .register::<Collect>()
+        .register::<Catch>()
+        .register::<Hold>();
+    let settings = EngineSettings {
+        drain_timeout: Duration::from_secs(5),
+        ..EngineSettings::default()
+    };
+    Engine::new(registry.into_shared(), EngineShared::new(settings))
+}
+
+/// Loads `yaml` as flow `name` with `env` for its `${VAR}`s and deploys it.
+pub async fn deploy(engine: &Engine, name: &str, yaml: &str, env: &[(&str, &str)]) -> DeployReport {
+    let env: HashMap<String, String> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let flow = engine
+        .loader()
+        .load_with_env(Path::new(&format!("{name}.yaml")), yaml, &env)
+        .unwrap_or_else(|d| panic!("flow should load:\n{d}"));
+    engine.deploy(flow).await
+}
+
+/// The next item of `rx`, within the hang guard.
+pub async fn next<T>(rx: &mut UnboundedReceiver<T>) -> T {
+    tokio::time::timeout(GUARD, rx.recv())
+        .await
+        .expect("a message within the hang guard")
+        .expect("channel open")
+}
+
+/// `payload.n` of a numbered test message, or -1.
+pub fn n_of(msg: &Msg) -> i64 {
+    msg.payload()
+        .as_object()
+        .and_then(|o| o.get("n"))
+        .and_then(runnel_engine::Value::as_i64)
+        .unwrap_or(-1)
 }
