@@ -16,10 +16,9 @@ use runnel_engine::{Msg, Value};
 use runnel_nodes::http_server::{HttpReply, REPLY_HANDLE, ReplyHandle, routes};
 use serde_json::json;
 
-#[path = "common/http.rs"]
-mod http_common;
+mod common;
 
-use http_common::*;
+use common::http::*;
 
 #[tokio::test]
 async fn routes_with_params_and_query_strings() {
@@ -167,7 +166,7 @@ nodes:
   - {id: small, type: http-in, method: POST, path: /t3/small, max_body: 16, wires: [[respond]]}
   - {id: respond, type: http-response}
   - {id: one, type: http-in, method: POST, path: /t3/one, max_concurrent: 1, wires: [[hold]]}
-  - {id: hold, type: test-hold, channel: t3-held}
+  - {id: hold, type: t-hold, channel: t3-held}
 "#;
     deploy(&engine, "t3", yaml, &["POST /t3/small", "POST /t3/one"]).await;
     let http = client();
@@ -262,7 +261,7 @@ async fn unanswered_requests_get_500_and_reach_catch() {
     let yaml = r#"
 nodes:
   - {id: slow, type: http-in, path: /t4/slow, timeout: 300ms, wires: [[hold]]}
-  - {id: hold, type: test-hold, channel: t4-held}
+  - {id: hold, type: t-hold, channel: t4-held}
   - {id: dropped, type: http-in, path: /t4/dropped, wires: [[nowhere]]}
   - {id: nowhere, type: change, rules: [{set: topic, to: lost}]}
   - {id: failing, type: http-in, method: POST, path: /t4/failing, wires: [[decode]]}

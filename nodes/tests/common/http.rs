@@ -1,80 +1,21 @@
-//! Helpers for the HTTP tests of `runnel-nodes` (`http.rs`, `http_tls.rs`,
-//! included with `#[path]`): a loopback server mounting the flow routes, an
-//! engine with the test sinks, flow deployment that waits for routes, a
-//! client, and a pouchdb-server for the CouchDB backend.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+//! Helpers for the HTTP tests of `runnel-nodes` (`http.rs`, `http_tls.rs`):
+//! a loopback server mounting the flow routes, an engine with the test
+//! sinks, flow deployment that waits for routes, a client, and a
+//! pouchdb-server for the CouchDB backend.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use runnel_engine::schemars::{self, JsonSchema};
 use runnel_engine::testing::Collect;
-use runnel_engine::{
-    BuildCtx, BuildError, Engine, EngineSettings, EngineShared, Msg, NodeError, NodeSpec, NodeType,
-    Out, SyncNode,
-};
+use runnel_engine::{Engine, EngineSettings, EngineShared};
 use runnel_nodes::http_server::{fallback_handler, routes};
 use serde_json::json;
-use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
-/// `test-hold`: like `test-collect`, but hands over the message itself
-/// (tracker and handles included), so the test decides when it finishes.
-#[derive(Debug)]
-pub struct Hold;
-
-#[derive(Debug, serde::Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct HoldConfig {
-    channel: String,
-}
-
-struct HoldNode(Option<UnboundedSender<Msg>>);
-
-impl SyncNode for HoldNode {
-    fn on_msg(&mut self, msg: Msg, _out: &mut Out) -> Result<(), NodeError> {
-        if let Some(tx) = &self.0 {
-            let _ = tx.send(msg);
-        }
-        Ok(())
-    }
-}
-
-type HoldChannels = Mutex<HashMap<String, UnboundedSender<Msg>>>;
-
-fn hold_channels() -> &'static HoldChannels {
-    static CHANNELS: OnceLock<HoldChannels> = OnceLock::new();
-    CHANNELS.get_or_init(Default::default)
-}
-
-pub fn hold(channel: &str) -> UnboundedReceiver<Msg> {
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    hold_channels()
-        .lock()
-        .unwrap()
-        .insert(channel.to_string(), tx);
-    rx
-}
-
-impl NodeType for Hold {
-    const TYPE: &'static str = "test-hold";
-    const SUMMARY: &'static str = "Test sink that keeps messages unfinished.";
-    type Config = HoldConfig;
-
-    fn build(config: HoldConfig, _ctx: &BuildCtx<'_>) -> Result<NodeSpec, BuildError> {
-        let tx = hold_channels()
-            .lock()
-            .unwrap()
-            .get(&config.channel)
-            .cloned();
-        Ok(NodeSpec::sync(0, HoldNode(tx)))
-    }
-}
-
-/// Generous hang guard; never a timing assertion.
-pub const GUARD: Duration = Duration::from_secs(20);
+// The shared helpers the HTTP tests use too (not every test file uses each).
+#[allow(unused_imports)]
+pub use super::{GUARD, Hold, hold, next};
 
 pub async fn serve(app: axum::Router) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -123,13 +64,6 @@ pub async fn wait_for_routes(expect: &[&str]) {
     })
     .await
     .unwrap_or_else(|_| panic!("routes {expect:?} never registered: {:?}", routes().list()));
-}
-
-pub async fn next(rx: &mut UnboundedReceiver<Msg>) -> Msg {
-    tokio::time::timeout(GUARD, rx.recv())
-        .await
-        .expect("a message in time")
-        .expect("channel open")
 }
 
 pub fn client() -> reqwest::Client {

@@ -1,7 +1,8 @@
 //! Helpers for the MQTT tests of `runnel-nodes`: a private Mosquitto per
 //! test (optionally with TLS and a password file), and a test sink that
 //! keeps messages unfinished, a test `catch`, and an engine with all of
-//! them registered. Used by `mqtt.rs` and `mqtt5.rs`.
+//! them registered. Used by `mqtt.rs` and `mqtt5.rs`; [`http`] holds what the
+//! HTTP tests add.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
@@ -19,6 +20,8 @@ use runnel_engine::{
 };
 use serde::Deserialize;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+
+pub mod http;
 
 /// How long a test waits for anything (a hang guard, never a timing assert).
 pub const GUARD: Duration = Duration::from_secs(30);
