@@ -10,22 +10,16 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use runnel_geo::{EmbeddedBackend, GeoBackend, GeoOptions, Query};
-use serde_json::{Value, json};
+use serde_json::Value;
+
+mod workload;
+
+use workload::{device, split, store_shares};
 
 /// Stores in flight at once.
 const CONCURRENCY: usize = 2048;
 /// Points in the query benchmark, spread uniformly over a 1°×1° square around Chicago.
 const POINTS: usize = 1_000_000;
-
-fn device(n: usize, rng: &mut StdRng) -> Value {
-    json!({
-        "_id": format!("device-{n:08}"),
-        "d": {"name": "My Device", "location": {
-            "longitude": rng.random_range(-88.0..-87.0),
-            "latitude": rng.random_range(41.0..42.0),
-            "velocity": 4, "type": "GPS"}}
-    })
-}
 
 fn options() -> GeoOptions {
     GeoOptions {
@@ -38,24 +32,7 @@ fn options() -> GeoOptions {
 /// `CONCURRENCY`-th document) one after another, so `CONCURRENCY` stores are in flight
 /// and the callers run on every runtime worker.
 async fn store_all(store: &Arc<EmbeddedBackend>, docs: Vec<Value>) {
-    let mut shares: Vec<Vec<Value>> = (0..CONCURRENCY).map(|_| Vec::new()).collect();
-    for (n, doc) in docs.into_iter().enumerate() {
-        shares[n % CONCURRENCY].push(doc);
-    }
-    let callers: Vec<_> = shares
-        .into_iter()
-        .map(|share| {
-            let store = Arc::clone(store);
-            tokio::spawn(async move {
-                for doc in share {
-                    store.store(doc).await.unwrap();
-                }
-            })
-        })
-        .collect();
-    for caller in callers {
-        caller.await.unwrap();
-    }
+    store_shares(store, split(docs, CONCURRENCY)).await;
 }
 
 fn bench_store(c: &mut Criterion) {

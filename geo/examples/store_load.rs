@@ -12,19 +12,14 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use rand::{Rng, SeedableRng, rngs::StdRng};
+use rand::{SeedableRng, rngs::StdRng};
 use runnel_geo::{EmbeddedBackend, GeoBackend, GeoOptions, WriterStats};
-use serde_json::{Value, json};
+use serde_json::Value;
 
-fn device(n: usize, rng: &mut StdRng) -> Value {
-    json!({
-        "_id": format!("device-{n:08}"),
-        "d": {"name": "My Device", "location": {
-            "longitude": rng.random_range(-88.0..-87.0),
-            "latitude": rng.random_range(41.0..42.0),
-            "velocity": 4, "type": "GPS"}}
-    })
-}
+#[path = "../benches/workload/mod.rs"]
+mod workload;
+
+use workload::{device, split, store_shares};
 
 fn arg(name: &str, default: usize) -> usize {
     std::env::args()
@@ -114,27 +109,11 @@ async fn main() {
         let batch: Vec<Value> = (next..next + docs).map(|n| device(n, &mut rng)).collect();
         next += docs;
         // `concurrency` callers, each its own task storing every `concurrency`-th document.
-        let mut shares: Vec<Vec<Value>> = (0..concurrency).map(|_| Vec::new()).collect();
-        for (n, doc) in batch.into_iter().enumerate() {
-            shares[n % concurrency].push(doc);
-        }
+        let shares = split(batch, concurrency);
         let before = store.writer_stats();
         let cpu_before = thread_cpu();
         let started = Instant::now();
-        let callers: Vec<_> = shares
-            .into_iter()
-            .map(|share| {
-                let store = Arc::clone(&store);
-                tokio::spawn(async move {
-                    for doc in share {
-                        store.store(doc).await.unwrap();
-                    }
-                })
-            })
-            .collect();
-        for caller in callers {
-            caller.await.unwrap();
-        }
+        store_shares(&store, shares).await;
         let elapsed = started.elapsed();
         println!(
             "round {round}: {docs} stores, {concurrency} in flight: {:.2} s, {:.0} stores/s",
