@@ -4,7 +4,7 @@
 //! Nodes never call this module; the scheduler records a [`TraceEvent`] when a
 //! node receives a message, sends one on a port, or fails, and the
 //! [`crate::Tracker`] records when a message has finished. Recording is gated
-//! by a flag, so a flow that nobody traces pays one relaxed atomic load per
+//! by a flag, so a flow that nobody traces pays two relaxed atomic loads per
 //! hop. The flag is on while the store is [`TraceStore::set_enabled`]
 //! (`runnel run --trace` or `--trace-always`) or while someone watches
 //! ([`TraceStore::watch`]: the editor's debug socket): recording every hop
@@ -100,17 +100,16 @@ pub struct TraceWatch(Arc<TraceStore>);
 
 impl Drop for TraceWatch {
     fn drop(&mut self) {
-        self.0.watchers.fetch_sub(1, Ordering::AcqRel);
-        self.0.refresh();
+        self.0.watchers.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 /// The bounded trace store plus the live broadcast.
 #[derive(Debug)]
 pub struct TraceStore {
-    /// Recording now: `always`, or someone watching.
-    enabled: AtomicBool,
+    /// Recording for good (`set_enabled`).
     always: AtomicBool,
+    /// Live [`TraceWatch`] guards: recording while any.
     watchers: AtomicUsize,
     live: broadcast::Sender<Arc<TraceEvent>>,
     inner: Mutex<StoreInner>,
@@ -137,7 +136,6 @@ impl TraceStore {
     pub fn new(max_messages: usize, max_events_per_message: usize) -> Self {
         let (live, _) = broadcast::channel(4096);
         TraceStore {
-            enabled: AtomicBool::new(false),
             always: AtomicBool::new(false),
             watchers: AtomicUsize::new(0),
             live,
@@ -150,25 +148,18 @@ impl TraceStore {
     /// Turns recording on or off for good (it is also on while watched).
     pub fn set_enabled(&self, enabled: bool) {
         self.always.store(enabled, Ordering::Relaxed);
-        self.refresh();
     }
 
     /// Records while the returned guard lives (the editor's debug socket
     /// holds one), whatever [`TraceStore::set_enabled`] said.
     pub fn watch(self: &Arc<Self>) -> TraceWatch {
-        self.watchers.fetch_add(1, Ordering::AcqRel);
-        self.refresh();
+        self.watchers.fetch_add(1, Ordering::Relaxed);
         TraceWatch(self.clone())
-    }
-
-    fn refresh(&self) {
-        let on = self.always.load(Ordering::Acquire) || self.watchers.load(Ordering::Acquire) > 0;
-        self.enabled.store(on, Ordering::Relaxed);
     }
 
     /// Whether recording is on.
     pub fn is_enabled(&self) -> bool {
-        self.enabled.load(Ordering::Relaxed)
+        self.always.load(Ordering::Relaxed) || self.watchers.load(Ordering::Relaxed) > 0
     }
 
     /// Records the event `make` builds, if recording is on. The closure keeps
