@@ -78,6 +78,10 @@ impl NodeCtx {
     /// sends what it holds before returning from `run`.
     pub async fn recv(&mut self) -> Option<Msg> {
         let msg = match self.input.as_mut() {
+            // A queued message is taken without building the wake-up
+            // futures below (the common case under load); the order is the
+            // same as theirs: a retired node takes nothing more.
+            Some(input) if !self.retire.is_cancelled() && !input.is_empty() => input.recv().await,
             Some(input) => tokio::select! {
                 biased;
                 () = self.retire.cancelled() => None,

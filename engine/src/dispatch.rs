@@ -62,7 +62,12 @@ impl QueueTarget {
             WhenFull::Block => {
                 // A closed queue means the target task has stopped, and a
                 // halted flow waits for nobody: either way the message is
-                // dropped, which finishes that branch.
+                // dropped, which finishes that branch. When there is room
+                // (the common case) no wake-up futures are built.
+                let msg = match self.tx.try_send(msg) {
+                    Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => return,
+                    Err(mpsc::error::TrySendError::Full(msg)) => msg,
+                };
                 tokio::select! {
                     _ = self.tx.send(msg) => {}
                     () = halt.cancelled() => {}

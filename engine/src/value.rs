@@ -361,7 +361,9 @@ impl<'de> Visitor<'de> for ValueVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Value, A::Error> {
-        let mut map = map_with_capacity(access.size_hint().unwrap_or(0).min(4096));
+        // JSON gives no size hint: room for a few entries saves the growth
+        // steps of the typical small object.
+        let mut map = map_with_capacity(access.size_hint().unwrap_or(4).min(4096));
         while let Some((key, value)) = access.next_entry::<String, Value>()? {
             map.insert(key, value);
         }
