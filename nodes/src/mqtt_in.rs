@@ -267,10 +267,15 @@ impl TaskNode for MqttInNode {
         }
         let lease = self.broker.attach(ctx.monitor().clone());
         loop {
-            let delivery = tokio::select! {
-                biased;
-                () = ctx.stopping().cancelled() => break,
-                delivery = self.rx.recv() => delivery,
+            let delivery = if self.rx.has_queued() && !ctx.stopping().is_cancelled() {
+                // Under load: no wake-up futures for a delivery already here.
+                self.rx.recv().await
+            } else {
+                tokio::select! {
+                    biased;
+                    () = ctx.stopping().cancelled() => break,
+                    delivery = self.rx.recv() => delivery,
+                }
             };
             match delivery {
                 Some(delivery) => self.handle(ctx, delivery).await,

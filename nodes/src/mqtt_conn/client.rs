@@ -148,6 +148,16 @@ pub(super) fn new_connection(settings: &Settings) -> (Client, EventLoop) {
 }
 
 impl EventLoop {
+    /// Whether the next poll returns an event already read (a packet of the
+    /// last network read, an outgoing notice) without waiting.
+    pub fn buffered(&self) -> bool {
+        self.online
+            && match &self.inner {
+                Inner::V4 { eventloop, .. } => !eventloop.state.events.is_empty(),
+                Inner::V5 { eventloop, .. } => !eventloop.state.events.is_empty(),
+            }
+    }
+
     /// Whether a network connection is up (the last poll succeeded).
     pub fn online(&self) -> bool {
         self.online

@@ -80,10 +80,15 @@ impl Driver {
         let mut failures: u32 = 0;
         let mut rng = Jitter::new(&self.settings.client_id);
         loop {
-            let event = tokio::select! {
-                biased;
-                () = self.cancel.cancelled() => break,
-                event = self.eventloop.poll() => event,
+            let event = if self.eventloop.buffered() && !self.cancel.is_cancelled() {
+                // The rest of a network read: no wake-up futures needed.
+                self.eventloop.poll().await
+            } else {
+                tokio::select! {
+                    biased;
+                    () = self.cancel.cancelled() => break,
+                    event = self.eventloop.poll() => event,
+                }
             };
             match event {
                 Ok(event) => {

@@ -216,6 +216,11 @@ impl Drop for SubscriptionRx {
 }
 
 impl SubscriptionRx {
+    /// Whether a delivery is waiting.
+    pub fn has_queued(&self) -> bool {
+        !self.rx.is_empty()
+    }
+
     /// The next delivery.
     pub async fn recv(&mut self) -> Option<Delivery> {
         let delivery = self.rx.recv().await?;
