@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::doc::{self, ID_FIELD, REV_FIELD};
-use crate::error::GeoResult;
+use crate::error::{GeoError, GeoResult};
 use crate::geometry::extract_geometry;
 use crate::query::{MAX_RADIUS_METRES, Query, distance_metres};
 
@@ -53,6 +53,10 @@ pub struct StoredDoc {
 /// revision follows the stored one.
 #[async_trait]
 pub trait GeoBackend: Send + Sync + Debug {
+    /// Checks that [`GeoBackend::store`] would accept `doc` (an object with a valid
+    /// geometry and a usable id), without storing anything: a batch is checked whole
+    /// before any of it is stored.
+    fn check(&self, doc: &Value) -> GeoResult<()>;
     /// Inserts or replaces `doc` (a JSON object) under the id at `id_path`.
     async fn store(&self, doc: Value) -> GeoResult<StoredDoc>;
     /// The document with `id`, with `_id` and `_rev`, or `None`.
@@ -75,6 +79,17 @@ pub(crate) struct PreparedDoc {
     /// The document without `_rev`, with `_id` set.
     pub(crate) body: Value,
     pub(crate) geometry: Geometry<f64>,
+}
+
+/// What [`prepare`] checks, on a borrowed document: that it is an object, its
+/// geometry and its id. Returns the geometry.
+pub(crate) fn check(doc: &Value, options: &GeoOptions) -> GeoResult<Geometry<f64>> {
+    if !doc.is_object() {
+        return Err(GeoError::document("a document must be a JSON object"));
+    }
+    let geometry = extract_geometry(doc, &options.geometry_path)?;
+    doc::read_id(doc, &options.id_path)?;
+    Ok(geometry)
 }
 
 /// Validates a document and gives it an id. Shared by both backends so they accept the

@@ -25,7 +25,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::backend::{
-    GeoBackend, GeoOptions, StoredDoc, nearest_by_growing_radius, prepare, select,
+    GeoBackend, GeoOptions, StoredDoc, check, nearest_by_growing_radius, prepare, select,
 };
 use crate::doc::{ID_FIELD, REV_FIELD};
 use crate::error::{GeoError, GeoResult};
@@ -282,6 +282,11 @@ impl CouchBackend {
 
 #[async_trait]
 impl GeoBackend for CouchBackend {
+    fn check(&self, doc: &Value) -> GeoResult<()> {
+        let geometry = check(doc, &self.geo)?;
+        geo_field(&geometry).map(|_| ())
+    }
+
     async fn store(&self, doc: Value) -> GeoResult<StoredDoc> {
         let prepared = prepare(doc, &self.geo)?;
         let mut body = prepared.body;

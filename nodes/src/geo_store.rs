@@ -388,8 +388,12 @@ async fn apply(
     let payload = match operation {
         Operation::Store => match msg.payload() {
             Value::Array(docs) => {
-                // A batch: stored concurrently (one group commit), answered
-                // in order.
+                // A batch: checked whole first, so that a bad document
+                // stores none of it; then stored concurrently (one group
+                // commit), answered in order.
+                for (index, doc) in docs.iter().enumerate() {
+                    check_one(backend, doc).map_err(|failure| at_index(failure, index))?;
+                }
                 let stores = docs.iter().map(|doc| store_one(backend, doc));
                 Value::from(futures::future::try_join_all(stores).await?)
             }
@@ -424,15 +428,39 @@ async fn apply(
     Ok(())
 }
 
+/// The error for a payload that is not a document.
+fn not_an_object(doc: &Value) -> Failure {
+    input(
+        "payload",
+        format!(
+            "store needs an object (or an array of objects) as payload, got {}",
+            doc.type_name()
+        ),
+    )
+}
+
+/// Whether the backend would store `doc`.
+fn check_one(backend: &dyn GeoBackend, doc: &Value) -> Result<(), Failure> {
+    if doc.as_object().is_none() {
+        return Err(not_an_object(doc));
+    }
+    Ok(backend.check(&doc.to_json())?)
+}
+
+/// Names the batch entry a failure is about: `payload[3]: ...`.
+fn at_index(failure: Failure, index: usize) -> Failure {
+    match failure {
+        Failure::Input { message, field } => Failure::Input {
+            message: format!("payload[{index}]: {message}"),
+            field,
+        },
+        other => other,
+    }
+}
+
 async fn store_one(backend: &dyn GeoBackend, doc: &Value) -> Result<Value, Failure> {
     if doc.as_object().is_none() {
-        return Err(input(
-            "payload",
-            format!(
-                "store needs an object (or an array of objects) as payload, got {}",
-                doc.type_name()
-            ),
-        ));
+        return Err(not_an_object(doc));
     }
     let stored = backend.store(doc.to_json()).await?;
     // The answer is the message's document plus `_id` and `_rev`: an O(1)
@@ -458,6 +486,44 @@ mod tests {
             id_property: None,
             defaults: vec![("limit".into(), "10".into())],
         }
+    }
+
+    #[tokio::test]
+    async fn a_batch_with_one_bad_document_stores_none_of_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = GeoOptions {
+            geometry_path: "d.location".into(),
+            ..GeoOptions::default()
+        };
+        let backend = runnel_geo::EmbeddedBackend::open(dir.path(), options)
+            .await
+            .unwrap();
+        let s = Settings {
+            operation: Some(Operation::Store),
+            ..settings()
+        };
+        let device = |id: &str, lat: f64| serde_json::json!({"_id": id, "d": {"location": {"latitude": lat, "longitude": -87.62}}});
+        let mut batch = msg(serde_json::json!({
+            "payload": [device("a", 41.87), device("b", 91.0), device("c", 41.88)]
+        }));
+        match apply(&backend, &s, &mut batch).await {
+            Err(Failure::Input { message, field }) => {
+                assert!(message.starts_with("payload[1]: "), "{message}");
+                assert!(message.contains("latitude"), "{message}");
+                assert!(field.starts_with("d.location"), "{field}");
+            }
+            Err(Failure::Backend(error)) => panic!("backend error {error}"),
+            Ok(()) => panic!("stored a batch with latitude 91"),
+        }
+        for id in ["a", "b", "c"] {
+            assert_eq!(backend.get(id).await.unwrap(), None, "{id} was stored");
+        }
+        let mut good =
+            msg(serde_json::json!({"payload": [device("a", 41.87), device("c", 41.88)]}));
+        assert!(apply(&backend, &s, &mut good).await.is_ok());
+        assert_eq!(good.payload().as_array().map(|docs| docs.len()), Some(2));
+        assert!(backend.get("c").await.unwrap().is_some());
+        backend.close().await.unwrap();
     }
 
     #[test]

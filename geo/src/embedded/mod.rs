@@ -25,7 +25,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableHandle};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::backend::{GeoBackend, GeoOptions, StoredDoc, prepare};
+use crate::backend::{GeoBackend, GeoOptions, StoredDoc, check, prepare};
 use crate::error::{GeoError, GeoResult};
 use crate::geometry::extract_geometry;
 use crate::query::{MAX_RADIUS_METRES, Query};
@@ -166,6 +166,10 @@ impl EmbeddedBackend {
 
 #[async_trait]
 impl GeoBackend for EmbeddedBackend {
+    fn check(&self, doc: &Value) -> GeoResult<()> {
+        check(doc, &self.shared.options).map(|_| ())
+    }
+
     async fn store(&self, doc: Value) -> GeoResult<StoredDoc> {
         let (id, op) = self.prepare_put(doc)?;
         match self.submit(op).await? {
