@@ -225,7 +225,17 @@ impl CouchBackend {
                 let mut find = FindQuery::new(selector.clone());
                 find.limit = Some(PAGE_SIZE);
                 find.skip = Some(skip);
-                let page = retry(&self.options, "find", || self.db.find_raw(&find)).await?;
+                let page = match retry(&self.options, "find", || self.db.find_raw(&find)).await {
+                    Ok(page) => page,
+                    Err(GeoError::Backend { status: 404, .. }) => {
+                        // The database vanished (deleted, or an in-memory server
+                        // restarted): recreate it with its index. It holds nothing.
+                        tracing::warn!(db = %self.options.db, "couchdb database missing; recreating it");
+                        ensure_database(&self.client, &self.options).await?;
+                        return Ok(());
+                    }
+                    Err(error) => return Err(error),
+                };
                 let rows = page.rows.len() as u64;
                 for doc in page.rows {
                     if let Some(id) = doc.get(ID_FIELD).and_then(Value::as_str) {

@@ -243,8 +243,12 @@ async fn couch_outage_fails_then_recovers() {
         Err(GeoError::Unavailable { .. })
     ));
 
-    // The server comes back (empty: it is in memory); the backend recreates its database.
+    // The server comes back (empty: it is in memory); the backend recreates its database,
+    // on a query as on a store.
     let _restarted = Server::start(port);
+    let found = store.query(&query(&[("bbox", "0,0,2,2")])).await.unwrap();
+    assert_eq!(ids(&found), Vec::<&str>::new());
+    assert_eq!(store.get("a").await.unwrap(), None);
     let stored = store.store(device("b", 1.0, 1.0)).await.unwrap();
     assert!(stored.rev.starts_with("1-"));
     let found = store.query(&query(&[("bbox", "0,0,2,2")])).await.unwrap();
