@@ -118,16 +118,26 @@ impl Driver {
     async fn shutdown(&mut self) {
         if self.eventloop.online() {
             // Acks of messages the flow finished while stopping go out
-            // first; the acker sends DISCONNECT after them.
+            // first; the acker sends DISCONNECT after them. Then wait for
+            // the broker to close the connection: only then has it read
+            // the DISCONNECT. A broker reads a packet per socket at a time
+            // (Mosquitto does), so a successor's CONNECT with this client
+            // id could otherwise be read first and take the session over
+            // while the DISCONNECT still sits unread.
             let _ = self.ack_tx.send(AckCmd::Disconnect);
             let deadline = tokio::time::sleep(Duration::from_secs(2));
             tokio::pin!(deadline);
+            let mut disconnect_sent = false;
             loop {
                 tokio::select! {
-                    () = &mut deadline => break,
+                    () = &mut deadline => {
+                        tracing::debug!(client_id = %self.settings.client_id, disconnect_sent, "mqtt broker did not close the connection in time");
+                        break;
+                    }
                     event = self.eventloop.poll() => match event {
-                        Ok(Event::Disconnected) | Err(_) => break,
+                        Ok(Event::Disconnected) => disconnect_sent = true,
                         Ok(_) => {}
+                        Err(_) => break,
                     },
                 }
             }
