@@ -16,7 +16,9 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 mod common;
 
-use common::{BrokerOpts, GUARD, Mosquitto, deploy, engine, free_port, hold, n_of, next};
+use common::{
+    BrokerOpts, GUARD, Mosquitto, deploy, engine, free_port, hold, n_of, next, receive_all,
+};
 
 /// Publishes with mosquitto_pub; true when the broker accepted it (for QoS
 /// 1/2: acknowledged).
@@ -525,18 +527,7 @@ nodes:
         accepted.len() > 40,
         "the publisher got too few messages through"
     );
-    let deadline = tokio::time::Instant::now() + GUARD;
-    while !accepted.is_subset(&got) {
-        let missing: Vec<_> = accepted.difference(&got).take(10).collect();
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "accepted messages never arrived: {missing:?}\n{}",
-            broker.log()
-        );
-        if let Ok(Some(msg)) = tokio::time::timeout(Duration::from_millis(500), seen.recv()).await {
-            got.insert(n_of(&msg));
-        }
-    }
+    receive_all(&mut seen, &mut got, &accepted, &broker).await;
     engine.shutdown().await;
 }
 
@@ -583,8 +574,9 @@ nodes:
         held.sort_by_key(n_of);
         let rest = held.split_off(4);
         drop(held);
-        // Give the acks of 0..4 time to reach the broker (not an assertion).
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        broker
+            .wait_logged("Received PUBACK from runnel-crash-broker", 4)
+            .await;
         std::mem::forget(engine);
         rest
     });
@@ -598,19 +590,7 @@ nodes:
         let engine = engine();
         deploy(&engine, "crash", &flow.replace("CHANNEL", "crash-2"), &env).await;
         let mut got = BTreeSet::new();
-        let deadline = tokio::time::Instant::now() + GUARD;
-        while !(4..10).all(|n| got.contains(&n)) {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "not redelivered; got {got:?}\n{}",
-                broker.log()
-            );
-            if let Ok(Some(msg)) =
-                tokio::time::timeout(Duration::from_millis(500), seen.recv()).await
-            {
-                got.insert(n_of(&msg));
-            }
-        }
+        receive_all(&mut seen, &mut got, &(4..10).collect(), &broker).await;
         assert!(
             got.iter().all(|n| *n >= 4 || *n < 0),
             "acked messages came back: {got:?}"

@@ -23,7 +23,9 @@ use tokio::sync::watch;
 
 mod common;
 
-use common::{BrokerOpts, GUARD, Mosquitto, deploy, engine, free_port, hold, n_of, next};
+use common::{
+    BrokerOpts, GUARD, Mosquitto, deploy, engine, free_port, hold, n_of, next, receive_all,
+};
 
 // ---------------------------------------------------------- outside client
 
@@ -409,21 +411,10 @@ nodes:
         held.sort_by_key(n_of);
         let rest = held.split_off(4);
         drop(held);
-        // Wait until the broker has the acks of 0..4 (its log says so).
-        let deadline = tokio::time::Instant::now() + GUARD;
-        while broker
-            .log()
-            .matches("Received PUBACK from runnel-crash5-broker")
-            .count()
-            < 4
-        {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "acks never reached the broker:\n{}",
-                broker.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        // The broker has the acks of 0..4 (its log says so).
+        broker
+            .wait_logged("Received PUBACK from runnel-crash5-broker", 4)
+            .await;
         std::mem::forget(engine);
         rest
     });
@@ -449,19 +440,7 @@ nodes:
         )
         .await;
         let mut got = BTreeSet::new();
-        let deadline = tokio::time::Instant::now() + GUARD;
-        while !(4..10).all(|n| got.contains(&n)) {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "not redelivered; got {got:?}\n{}",
-                broker.log()
-            );
-            if let Ok(Some(msg)) =
-                tokio::time::timeout(Duration::from_millis(500), seen.recv()).await
-            {
-                got.insert(n_of(&msg));
-            }
-        }
+        receive_all(&mut seen, &mut got, &(4..10).collect(), &broker).await;
         assert!(
             got.iter().all(|n| *n >= 4 || *n < 0),
             "acked messages came back: {got:?}"

@@ -5,7 +5,7 @@
 //! HTTP tests add.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -145,6 +145,21 @@ impl Mosquitto {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
+    }
+
+    /// Waits (within the hang guard) until the broker's log has `line` at
+    /// least `count` times: what the broker has received, without sleeping
+    /// on a guess.
+    pub async fn wait_logged(&self, line: &str, count: usize) {
+        let deadline = tokio::time::Instant::now() + GUARD;
+        while self.log().matches(line).count() < count {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{line:?} never logged {count} times:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 
@@ -348,6 +363,29 @@ pub async fn next<T>(rx: &mut UnboundedReceiver<T>) -> T {
         .await
         .expect("a message within the hang guard")
         .expect("channel open")
+}
+
+/// Receives numbered messages from `seen` into `got` (by [`n_of`]) until
+/// every number in `wanted` has come, failing after the hang guard with
+/// what is missing and the broker's log.
+pub async fn receive_all(
+    seen: &mut UnboundedReceiver<Msg>,
+    got: &mut BTreeSet<i64>,
+    wanted: &BTreeSet<i64>,
+    broker: &Mosquitto,
+) {
+    let deadline = tokio::time::Instant::now() + GUARD;
+    while !wanted.is_subset(got) {
+        let missing: Vec<_> = wanted.difference(got).take(10).collect();
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "messages never arrived: {missing:?}; got {got:?}\n{}",
+            broker.log()
+        );
+        if let Ok(Some(msg)) = tokio::time::timeout(Duration::from_millis(500), seen.recv()).await {
+            got.insert(n_of(&msg));
+        }
+    }
 }
 
 /// `payload.n` of a numbered test message, or -1.
