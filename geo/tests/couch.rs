@@ -5,64 +5,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::TcpListener;
-use std::process::Command;
 use std::sync::Arc;
 
 use runnel_geo::{CouchBackend, CouchOptions, GeoBackend, GeoError, Query};
 use serde_json::{Value, json};
 
-/// A pouchdb-server started by this test, killed on drop.
-struct Server {
-    pid: Option<u32>,
-    port: u16,
-}
+#[path = "support/couch_server.rs"]
+mod couch_server;
 
-impl Server {
-    fn start(port: u16) -> Self {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/start-couch");
-        let output = Command::new("bash")
-            .arg(script)
-            .arg(port.to_string())
-            .output()
-            .expect("run scripts/start-couch");
-        assert!(
-            output.status.success(),
-            "start-couch failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let pid = String::from_utf8_lossy(&output.stdout)
-            .trim()
-            .parse()
-            .expect("pid");
-        Self {
-            pid: Some(pid),
-            port,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn stop(&mut self) {
-        if let Some(pid) = self.pid.take() {
-            let _ = Command::new("kill").arg(pid.to_string()).status();
-            // Wait until the port is free again so a restart can bind it.
-            for _ in 0..100 {
-                if TcpListener::bind(("127.0.0.1", self.port)).is_ok() {
-                    return;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            }
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
+use couch_server::CouchServer as Server;
 
 fn free_port() -> u16 {
     TcpListener::bind(("127.0.0.1", 0))
@@ -77,7 +28,7 @@ fn server() -> (String, Option<Server>) {
     match std::env::var("RUNNEL_TEST_COUCH_URL") {
         Ok(url) if !url.is_empty() => (url, None),
         _ => {
-            let server = Server::start(free_port());
+            let server = Server::start_on(free_port());
             (server.url(), Some(server))
         }
     }
@@ -222,7 +173,7 @@ async fn couch_backend_end_to_end() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn couch_outage_fails_then_recovers() {
     let port = free_port();
-    let mut server = Server::start(port);
+    let mut server = Server::start_on(port);
     let store = CouchBackend::connect(options(&server.url(), "geo-outage"))
         .await
         .unwrap();
@@ -245,7 +196,7 @@ async fn couch_outage_fails_then_recovers() {
 
     // The server comes back (empty: it is in memory); the backend recreates its database,
     // on a query as on a store.
-    let _restarted = Server::start(port);
+    let _restarted = Server::start_on(port);
     let found = store.query(&query(&[("bbox", "0,0,2,2")])).await.unwrap();
     assert_eq!(ids(&found), Vec::<&str>::new());
     assert_eq!(store.get("a").await.unwrap(), None);

@@ -81,65 +81,9 @@ pub fn flows_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../flows")
 }
 
-/// A pouchdb-server (in memory) started with `scripts/start-couch`, killed
-/// on drop.
-pub struct Couch {
-    pid: Option<u32>,
-    pub port: u16,
-}
+/// A pouchdb-server (in memory), shared with the geo-store's own tests.
+#[path = "../../../geo/tests/support/couch_server.rs"]
+mod couch_server;
 
-impl Couch {
-    pub fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        Self::start_on(port)
-    }
-
-    /// Starts a server on `port` (again, after [`Couch::stop`]: in memory,
-    /// it starts empty).
-    pub fn start_on(port: u16) -> Self {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/start-couch");
-        let output = std::process::Command::new("bash")
-            .arg(script)
-            .arg(port.to_string())
-            .output()
-            .expect("run scripts/start-couch");
-        assert!(
-            output.status.success(),
-            "start-couch failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let pid = String::from_utf8_lossy(&output.stdout)
-            .trim()
-            .parse()
-            .expect("pid");
-        Couch {
-            pid: Some(pid),
-            port,
-        }
-    }
-
-    pub fn stop(&mut self) {
-        if let Some(pid) = self.pid.take() {
-            let _ = std::process::Command::new("kill")
-                .arg(pid.to_string())
-                .status();
-            // Wait (up to 20 s) until the port is free, so a restart can bind it.
-            for _ in 0..400 {
-                if std::net::TcpListener::bind(("127.0.0.1", self.port)).is_ok() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-    }
-}
-
-impl Drop for Couch {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
+#[allow(unused_imports)] // not every test binary that has `common` uses it
+pub use couch_server::CouchServer as Couch;
