@@ -165,6 +165,13 @@ impl CouchBackend {
         Ok(doc.and_then(|doc| doc.get(REV_FIELD)?.as_str().map(str::to_owned)))
     }
 
+    /// A 404 from a database call: the database vanished (deleted, or an
+    /// in-memory server restarted). Creates it again with its index.
+    async fn recreate_database(&self) -> GeoResult<()> {
+        tracing::warn!(db = %self.options.db, "couchdb database missing; recreating it");
+        ensure_database(&self.client, &self.options).await.map(drop)
+    }
+
     /// Writes `body` (with `_id`), fetching the current `_rev` after each conflict.
     async fn put_with_current_rev(&self, id: &str, mut body: Value) -> GeoResult<StoredDoc> {
         for attempt in 1..=CONFLICT_ATTEMPTS {
@@ -180,11 +187,7 @@ impl CouchBackend {
                         rev: details.rev,
                     });
                 }
-                Err(GeoError::Backend { status: 404, .. }) => {
-                    // The database vanished (deleted, or an in-memory server restarted).
-                    tracing::warn!(db = %self.options.db, "couchdb database missing; recreating it");
-                    ensure_database(&self.client, &self.options).await?;
-                }
+                Err(GeoError::Backend { status: 404, .. }) => self.recreate_database().await?,
                 Err(GeoError::Backend { status: 409, .. }) => {
                     tracing::debug!(id, attempt, "couchdb conflict; fetching the current rev");
                     let current = self.current_rev(id).await?;
@@ -228,10 +231,8 @@ impl CouchBackend {
                 let page = match retry(&self.options, "find", || self.db.find_raw(&find)).await {
                     Ok(page) => page,
                     Err(GeoError::Backend { status: 404, .. }) => {
-                        // The database vanished (deleted, or an in-memory server
-                        // restarted): recreate it with its index. It holds nothing.
-                        tracing::warn!(db = %self.options.db, "couchdb database missing; recreating it");
-                        ensure_database(&self.client, &self.options).await?;
+                        // A new database holds nothing.
+                        self.recreate_database().await?;
                         return Ok(());
                     }
                     Err(error) => return Err(error),
