@@ -391,13 +391,21 @@ async fn apply(
                 // A batch: checked whole first, so that a bad document
                 // stores none of it; then stored concurrently (one group
                 // commit), answered in order.
+                let mut checked = Vec::with_capacity(docs.len());
                 for (index, doc) in docs.iter().enumerate() {
-                    check_one(backend, doc).map_err(|failure| at_index(failure, index))?;
+                    let json = document(doc).and_then(|json| {
+                        backend.check(&json)?;
+                        Ok(json)
+                    });
+                    checked.push(json.map_err(|failure| at_index(failure, index))?);
                 }
-                let stores = docs.iter().map(|doc| store_one(backend, doc));
+                let stores = docs
+                    .iter()
+                    .zip(checked)
+                    .map(|(doc, json)| store_one(backend, doc, json));
                 Value::from(futures::future::try_join_all(stores).await?)
             }
-            doc => store_one(backend, doc).await?,
+            doc => store_one(backend, doc, document(doc)?).await?,
         },
         Operation::Get => {
             let id = read_id(settings, msg)?;
@@ -428,23 +436,18 @@ async fn apply(
     Ok(())
 }
 
-/// The error for a payload that is not a document.
-fn not_an_object(doc: &Value) -> Failure {
-    input(
-        "payload",
-        format!(
-            "store needs an object (or an array of objects) as payload, got {}",
-            doc.type_name()
-        ),
-    )
-}
-
-/// Whether the backend would store `doc`.
-fn check_one(backend: &dyn GeoBackend, doc: &Value) -> Result<(), Failure> {
+/// `doc` as the JSON document the backend stores, if it is an object.
+fn document(doc: &Value) -> Result<serde_json::Value, Failure> {
     if doc.as_object().is_none() {
-        return Err(not_an_object(doc));
+        return Err(input(
+            "payload",
+            format!(
+                "store needs an object (or an array of objects) as payload, got {}",
+                doc.type_name()
+            ),
+        ));
     }
-    Ok(backend.check(&doc.to_json())?)
+    Ok(doc.to_json())
 }
 
 /// Names the batch entry a failure is about: `payload[3]: ...`.
@@ -458,11 +461,13 @@ fn at_index(failure: Failure, index: usize) -> Failure {
     }
 }
 
-async fn store_one(backend: &dyn GeoBackend, doc: &Value) -> Result<Value, Failure> {
-    if doc.as_object().is_none() {
-        return Err(not_an_object(doc));
-    }
-    let stored = backend.store(doc.to_json()).await?;
+/// Stores `json` (`doc` converted by [`document`]); answers with `doc`.
+async fn store_one(
+    backend: &dyn GeoBackend,
+    doc: &Value,
+    json: serde_json::Value,
+) -> Result<Value, Failure> {
+    let stored = backend.store(json).await?;
     // The answer is the message's document plus `_id` and `_rev`: an O(1)
     // clone and a copy of its top-level map, not a second conversion.
     let mut out = doc.clone();
