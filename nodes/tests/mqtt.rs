@@ -426,7 +426,7 @@ config:
 nodes:
   - {id: in, type: mqtt-in, broker: broker, topic: "data", qos: 1, datatype: json, max_payload: 64, wires: [[ok]]}
   - {id: ok, type: test-collect, channel: malformed-ok}
-  - {id: catch, type: t-catch, wires: [[caught]]}
+  - {id: catch, type: catch, wires: [[caught]]}
   - {id: caught, type: test-collect, channel: malformed-caught}
 "#;
     deploy(&engine, "malformed", flow, &[("PORT", &port.to_string())]).await;
@@ -954,7 +954,7 @@ nodes:
       - {set: payload, from: payload.body}
     wires: [[out]]
   - {id: out, type: mqtt-out, broker: broker}
-  - {id: catch, type: t-catch, wires: [[caught]]}
+  - {id: catch, type: catch, wires: [[caught]]}
   - {id: caught, type: test-collect, channel: from-msg-caught}
 "#;
     deploy(&engine, "from-msg", flow, &[("PORT", &port.to_string())]).await;

@@ -1,7 +1,6 @@
 //! Helpers for the MQTT tests of `runnel-nodes`: a private Mosquitto per
-//! test (optionally with TLS and a password file), and a test sink that
-//! keeps messages unfinished, a test `catch`, and an engine with all of
-//! them registered. Used by `mqtt.rs` and `mqtt5.rs`; [`http`] holds what the
+//! test (optionally with TLS and a password file), a test sink that keeps
+//! messages unfinished, and an engine with it registered. Used by `mqtt.rs` and `mqtt5.rs`; [`http`] holds what the
 //! HTTP tests add.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
@@ -15,8 +14,8 @@ use std::time::Duration;
 use runnel_engine::schemars::{self, JsonSchema};
 use runnel_engine::testing::Collect;
 use runnel_engine::{
-    BuildCtx, BuildError, CatchScope, DeployReport, Engine, EngineSettings, EngineShared, Msg,
-    NodeError, NodeSpec, NodeType, Out, Registry, SyncNode,
+    BuildCtx, BuildError, DeployReport, Engine, EngineSettings, EngineShared, Msg, NodeError,
+    NodeSpec, NodeType, Out, Registry, SyncNode,
 };
 use serde::Deserialize;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
@@ -302,41 +301,12 @@ impl NodeType for Hold {
 
 // ------------------------------------------------------------------ engine
 
-/// Forwards errors (`t-catch`: a test `catch` of every node's errors).
-pub struct Catch;
-
-#[derive(Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CatchConfig {}
-
-struct Forward;
-
-impl SyncNode for Forward {
-    fn on_msg(&mut self, msg: Msg, out: &mut Out) -> Result<(), NodeError> {
-        out.send(0, msg)
-    }
-}
-
-impl NodeType for Catch {
-    const TYPE: &'static str = "t-catch";
-    const SUMMARY: &'static str = "test catch";
-    type Config = CatchConfig;
-    fn build(_: CatchConfig, _: &BuildCtx<'_>) -> Result<NodeSpec, BuildError> {
-        let mut spec = NodeSpec::sync(1, Forward).catching(CatchScope::All);
-        spec.has_input = false;
-        Ok(spec)
-    }
-}
-
-/// An engine with every runnel node type plus `test-collect`, `t-hold` and
-/// `t-catch`, draining for at most 5 s.
+/// An engine with every runnel node type plus `test-collect` and `t-hold`,
+/// draining for at most 5 s.
 pub fn engine() -> Arc<Engine> {
     let mut registry = Registry::new();
     runnel_nodes::register_all(&mut registry);
-    registry
-        .register::<Collect>()
-        .register::<Catch>()
-        .register::<Hold>();
+    registry.register::<Collect>().register::<Hold>();
     let settings = EngineSettings {
         drain_timeout: Duration::from_secs(5),
         ..EngineSettings::default()
