@@ -36,6 +36,7 @@ pub mod env;
 pub mod graph;
 pub mod ids;
 pub mod loader;
+pub mod map;
 pub mod monitor;
 pub mod msg;
 pub mod node;

@@ -13,21 +13,15 @@ use std::fmt;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use indexmap::IndexMap;
 use serde::de::{MapAccess, SeqAccess, Visitor};
 use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// An ordered map of property names to values, as in a JavaScript object.
-///
-/// Hashed with foldhash (seeded per process, so keys from the network cannot
-/// be chosen to collide): property lookups are on every hop's hot path, and
-/// SipHash was the largest single cost of a `change` node.
-pub type Map = IndexMap<String, Value, foldhash::fast::RandomState>;
+pub use crate::map::Map;
 
 /// An empty [`Map`] with room for `capacity` properties.
 pub fn map_with_capacity(capacity: usize) -> Map {
-    Map::with_capacity_and_hasher(capacity, Default::default())
+    Map::with_capacity(capacity)
 }
 
 /// A JSON-like value with O(1) clones.
