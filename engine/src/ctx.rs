@@ -13,6 +13,7 @@ use crate::ids::{FlowId, MsgId, NodeId};
 use crate::monitor::{DebugBus, NodeMonitor, NodeStatus};
 use crate::msg::Msg;
 use crate::node::{NodeError, Port};
+use crate::signal::Signal;
 use crate::trace::{TraceEvent, TraceEventKind};
 use crate::value::Value;
 
@@ -26,11 +27,11 @@ pub struct NodeCtx {
     pub(crate) dispatcher: Dispatcher,
     pub(crate) outputs: usize,
     pub(crate) catch: CatchTargets,
-    pub(crate) stopping: CancellationToken,
+    pub(crate) stopping: Signal,
     /// Fires when this instance is replaced on a partial redeploy: its
     /// input ends, so it finishes what it holds and returns.
-    pub(crate) retire: CancellationToken,
-    pub(crate) halt: CancellationToken,
+    pub(crate) retire: Signal,
+    pub(crate) halt: Signal,
     /// Messages this node created and that have not finished.
     pub(crate) origin: Arc<InFlight>,
     pub(crate) data_dir: PathBuf,
@@ -181,12 +182,18 @@ impl NodeCtx {
     /// replaces this node). A source returns from `run` then, or at the
     /// halt if it must stay up to acknowledge what drains.
     pub fn stopping(&self) -> &CancellationToken {
-        &self.stopping
+        self.stopping.token()
+    }
+
+    /// Whether [`NodeCtx::stopping`] has fired: cheap enough to ask for
+    /// every message.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.is_cancelled()
     }
 
     /// Fires when the flow stops for good, after the drain: every node
     /// returns from `run`.
     pub fn halted(&self) -> &CancellationToken {
-        &self.halt
+        self.halt.token()
     }
 }

@@ -17,13 +17,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 use crate::completion::{FlowHub, Tracker};
 use crate::ids::{MsgId, NodeId};
 use crate::monitor::NodeMonitor;
 use crate::msg::Msg;
 use crate::node::{NodeError, Out, Port, SyncNode};
+use crate::signal::Signal;
 use crate::trace::{TraceEvent, TraceEventKind};
 use crate::value::{Map, Value};
 
@@ -57,7 +57,7 @@ pub(crate) struct QueueTarget {
 }
 
 impl QueueTarget {
-    async fn deliver(&self, msg: Msg, halt: &CancellationToken) {
+    async fn deliver(&self, msg: Msg, halt: &Signal) {
         match self.policy {
             WhenFull::Block => {
                 // A closed queue means the target task has stopped, and a
@@ -124,7 +124,7 @@ enum Work {
 /// One task's routing: its own node's routes plus its fused members.
 pub(crate) struct Dispatcher {
     pub(crate) hub: Arc<FlowHub>,
-    pub(crate) halt: CancellationToken,
+    pub(crate) halt: Signal,
     pub(crate) root_monitor: Option<Arc<NodeMonitor>>,
     pub(crate) root_routes: Vec<Vec<Target>>,
     pub(crate) members: Vec<Member>,
@@ -137,7 +137,7 @@ impl Dispatcher {
         root_monitor: Option<Arc<NodeMonitor>>,
         root_routes: Vec<Vec<Target>>,
         members: Vec<Member>,
-        halt: CancellationToken,
+        halt: Signal,
     ) -> Self {
         Dispatcher {
             hub,

@@ -45,6 +45,7 @@ pub mod registry;
 pub mod runtime;
 pub mod schema;
 pub mod shared;
+pub mod signal;
 pub mod testing;
 pub mod trace;
 pub mod value;
@@ -67,6 +68,7 @@ pub use path::PropPath;
 pub use registry::Registry;
 pub use runtime::{DeployReport, Engine, FlowInfo, NodeInfo};
 pub use shared::{EngineSettings, EngineShared};
+pub use signal::Signal;
 pub use trace::{TraceEvent, TraceEventKind, TraceStore, TraceWatch};
 pub use value::{Map, Value};
 

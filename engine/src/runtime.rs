@@ -19,11 +19,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::signal::Signal;
 use futures::FutureExt;
 use serde::Serialize;
 use tokio::sync::{Mutex, OwnedMutexGuard, mpsc};
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 use crate::completion::{FlowHub, InFlight};
 use crate::ctx::NodeCtx;
@@ -137,9 +137,9 @@ struct UnitHead {
     /// A task node without input: it creates messages.
     source: bool,
     /// Fires to replace this instance: input ends, what it holds finishes.
-    retire: CancellationToken,
-    stopping: CancellationToken,
-    halt: CancellationToken,
+    retire: Signal,
+    stopping: Signal,
+    halt: Signal,
     /// Messages this task created that have not finished.
     origin: Arc<InFlight>,
 }
@@ -207,8 +207,8 @@ struct RunningFlow {
     description: Option<String>,
     settings: FlowSettings,
     hub: Arc<FlowHub>,
-    stopping: CancellationToken,
-    halt: CancellationToken,
+    stopping: Signal,
+    halt: Signal,
     units: Vec<Unit>,
     queues: HashMap<String, QueueSlot>,
     nodes: Vec<NodeShape>,
@@ -590,8 +590,8 @@ impl RunningFlow {
 /// What a start inherits from the running flow on a partial redeploy.
 struct Carry {
     hub: Option<Arc<FlowHub>>,
-    stopping: CancellationToken,
-    halt: CancellationToken,
+    stopping: Signal,
+    halt: Signal,
     /// Queues by node id that the new flow's nodes take over.
     queues: HashMap<String, QueueSlot>,
     /// Units that keep running.
@@ -602,8 +602,8 @@ impl Carry {
     fn fresh() -> Self {
         Carry {
             hub: None,
-            stopping: CancellationToken::new(),
-            halt: CancellationToken::new(),
+            stopping: Signal::new(),
+            halt: Signal::new(),
             queues: HashMap::new(),
             kept: Vec::new(),
         }
@@ -843,7 +843,7 @@ fn build_units(
                 .map(|&m| (flow.nodes[m].id.as_str().to_string(), keys[m]))
                 .collect(),
             source: false,
-            retire: CancellationToken::new(),
+            retire: Signal::new(),
             stopping: stopping.child_token(),
             halt: halt.child_token(),
             origin: Arc::new(InFlight::default()),
@@ -963,7 +963,7 @@ fn build_units(
 /// `None` if the flow halts first.
 async fn take_input(
     input: Arc<Mutex<mpsc::Receiver<Msg>>>,
-    halt: &CancellationToken,
+    halt: &Signal,
 ) -> Option<OwnedMutexGuard<mpsc::Receiver<Msg>>> {
     tokio::select! {
         guard = input.lock_owned() => Some(guard),
@@ -975,8 +975,8 @@ async fn take_input(
 async fn run_sync_root(
     mut dispatcher: Dispatcher,
     input: Option<Arc<Mutex<mpsc::Receiver<Msg>>>>,
-    retire: CancellationToken,
-    halt: CancellationToken,
+    retire: Signal,
+    halt: Signal,
 ) {
     let Some(input) = input else {
         halt.cancelled().await;
@@ -1007,9 +1007,9 @@ struct TaskParts {
     dispatcher: Dispatcher,
     outputs: usize,
     catch: CatchTargets,
-    stopping: CancellationToken,
-    retire: CancellationToken,
-    halt: CancellationToken,
+    stopping: Signal,
+    retire: Signal,
+    halt: Signal,
     origin: Arc<InFlight>,
     data_dir: PathBuf,
     debug: DebugBus,

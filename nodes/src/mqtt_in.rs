@@ -267,7 +267,7 @@ impl TaskNode for MqttInNode {
         }
         let lease = self.broker.attach(ctx.monitor().clone());
         loop {
-            let delivery = if self.rx.has_queued() && !ctx.stopping().is_cancelled() {
+            let delivery = if self.rx.has_queued() && !ctx.is_stopping() {
                 // Under load: no wake-up futures for a delivery already here.
                 self.rx.recv().await
             } else {

@@ -8,9 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rumqttc::QoS;
+use runnel_engine::Signal;
 use runnel_engine::{NodeMonitor, NodeStatus};
 use tokio::sync::{mpsc, watch};
-use tokio_util::sync::CancellationToken;
 
 use super::backoff::Jitter;
 use super::client::{self, EventLoop};
@@ -40,7 +40,7 @@ pub(super) struct Driver {
     pub status: Arc<Mutex<NodeStatus>>,
     pub state: watch::Sender<ConnState>,
     pub generation: Arc<AtomicU64>,
-    pub cancel: CancellationToken,
+    pub cancel: Signal,
     pub qos0_dropped: u64,
 }
 
@@ -265,12 +265,12 @@ impl Driver {
         let Ok(routes) = self.routes.lock() else {
             return;
         };
-        let targets: Vec<&Route> = routes
-            .iter()
-            .filter(|r| topic_matches(&r.filter, &publish.topic))
-            .collect();
+        // Matched twice (count, then deliver) rather than collected: no
+        // allocation per message.
+        let matching = |r: &&Route| topic_matches(&r.filter, &publish.topic);
+        let count = routes.iter().filter(matching).count();
         let needs_ack = publish.qos != QoS::AtMostOnce;
-        if targets.is_empty() {
+        if count == 0 {
             if needs_ack {
                 // A subscription left in the persistent session by a node
                 // that is no longer deployed: acknowledge and drop.
@@ -285,7 +285,7 @@ impl Driver {
         }
         let ack = needs_ack.then(|| {
             Arc::new(AckState {
-                remaining: AtomicUsize::new(targets.len()),
+                remaining: AtomicUsize::new(count),
                 abandoned: AtomicBool::new(false),
                 generation: self.generation.load(Ordering::Acquire),
                 qos: publish.qos,
@@ -293,7 +293,7 @@ impl Driver {
                 tx: self.ack_tx.clone(),
             })
         });
-        for route in targets {
+        for route in routes.iter().filter(matching) {
             if !needs_ack && route.queued.load(Ordering::Acquire) >= self.settings.qos0_buffer {
                 route.monitor.count_dropped(1);
                 self.qos0_dropped += 1;

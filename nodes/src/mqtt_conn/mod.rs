@@ -55,8 +55,8 @@ use driver::{ConnState, Driver};
 use out::{Held, OutState};
 pub(crate) use props::Properties;
 pub(crate) use proto::{Incoming, Protocol};
+use runnel_engine::Signal;
 use tokio::sync::{Semaphore, mpsc, watch};
-use tokio_util::sync::CancellationToken;
 pub(crate) use topic::{check_filter, check_topic, qos_from, topic_matches};
 
 /// A secret string (a password): never shown by `Debug`.
@@ -432,7 +432,7 @@ struct Connection {
     send_lock: tokio::sync::Mutex<()>,
     monitors: Arc<Mutex<Vec<Arc<NodeMonitor>>>>,
     status: Arc<Mutex<NodeStatus>>,
-    cancel: CancellationToken,
+    cancel: Signal,
 }
 
 impl Connection {
@@ -452,7 +452,7 @@ impl Connection {
         let (client, eventloop) = client::new_connection(&settings);
         let (ack_tx, ack_rx) = mpsc::unbounded_channel();
         let (state, _) = watch::channel(ConnState::Connecting);
-        let cancel = CancellationToken::new();
+        let cancel = Signal::new();
         let out = Arc::new(OutState::default());
         let monitors: Arc<Mutex<Vec<Arc<NodeMonitor>>>> = Arc::default();
         let status = Arc::new(Mutex::new(NodeStatus::pending("connecting")));
