@@ -2,10 +2,11 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
 
 use tokio::sync::{OwnedMutexGuard, mpsc};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::completion::{FlowHub, InFlight, Tracker};
 use crate::dispatch::{CatchTargets, Dispatcher, report_error};
@@ -32,11 +33,21 @@ pub struct NodeCtx {
     /// input ends, so it finishes what it holds and returns.
     pub(crate) retire: Signal,
     pub(crate) halt: Signal,
+    /// Waiters on `retire` and `halt` for [`NodeCtx::recv`], made at its
+    /// first wait and kept: a new pair per wait registered and dropped two
+    /// waiters under a mutex every time the queue ran empty.
+    pub(crate) waits: Option<Waits>,
     /// Messages this node created and that have not finished.
     pub(crate) origin: Arc<InFlight>,
     pub(crate) data_dir: PathBuf,
     pub(crate) debug: DebugBus,
 }
+
+/// Pinned waiters on a node's `retire` and `halt` signals.
+pub(crate) type Waits = (
+    Pin<Box<WaitForCancellationFutureOwned>>,
+    Pin<Box<WaitForCancellationFutureOwned>>,
+);
 
 impl fmt::Debug for NodeCtx {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -83,12 +94,20 @@ impl NodeCtx {
             // futures below (the common case under load); the order is the
             // same as theirs: a retired node takes nothing more.
             Some(input) if !self.retire.is_cancelled() && !input.is_empty() => input.recv().await,
-            Some(input) => tokio::select! {
-                biased;
-                () = self.retire.cancelled() => None,
-                msg = input.recv() => msg,
-                () = self.halt.cancelled() => None,
-            },
+            Some(input) => {
+                let (retire, halt) = self.waits.get_or_insert_with(|| {
+                    (
+                        Box::pin(self.retire.cancelled_owned()),
+                        Box::pin(self.halt.cancelled_owned()),
+                    )
+                });
+                tokio::select! {
+                    biased;
+                    () = retire.as_mut() => None,
+                    msg = input.recv() => msg,
+                    () = halt.as_mut() => None,
+                }
+            }
             None => {
                 self.halt.cancelled().await;
                 None

@@ -985,12 +985,16 @@ async fn run_sync_root(
     let Some(mut input) = take_input(input, &halt).await else {
         return;
     };
+    // One waiter each for the whole loop, not one per wait.
+    let retired = retire.cancelled_owned();
+    let halted = halt.cancelled_owned();
+    tokio::pin!(retired, halted);
     loop {
         let msg = tokio::select! {
             biased;
-            () = retire.cancelled() => None,
+            () = &mut retired => None,
             msg = input.recv() => msg,
-            () = halt.cancelled() => None,
+            () = &mut halted => None,
         };
         match msg {
             Some(msg) => dispatcher.deliver(0, msg).await,
@@ -1037,6 +1041,7 @@ async fn run_task_root(mut node: Box<dyn TaskNode>, parts: TaskParts, rebuild: R
         stopping: parts.stopping,
         retire: parts.retire,
         halt: parts.halt,
+        waits: None,
         origin: parts.origin,
         data_dir: parts.data_dir,
         debug: parts.debug,

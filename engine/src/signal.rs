@@ -12,7 +12,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+use tokio_util::sync::{
+    CancellationToken, WaitForCancellationFuture, WaitForCancellationFutureOwned,
+};
 
 /// A cancellation signal: fire once, wait on it, or check it cheaply.
 #[derive(Clone, Debug, Default)]
@@ -59,6 +61,13 @@ impl Signal {
     /// Completes once the signal has fired.
     pub fn cancelled(&self) -> WaitForCancellationFuture<'_> {
         self.token.cancelled()
+    }
+
+    /// Completes once the signal has fired; owns what it needs, so a loop
+    /// can keep one pinned across its waits instead of registering a new
+    /// waiter each time.
+    pub fn cancelled_owned(&self) -> WaitForCancellationFutureOwned {
+        self.token.clone().cancelled_owned()
     }
 
     /// The underlying token, for nodes that wait on it.

@@ -266,6 +266,9 @@ impl TaskNode for MqttInNode {
             return crate::mqtt_embedded::run_in(ctx, embedded, spec).await;
         }
         let lease = self.broker.attach(ctx.monitor().clone());
+        // One waiter for the whole loop, not one per wait.
+        let stopping = ctx.stopping().clone().cancelled_owned();
+        tokio::pin!(stopping);
         loop {
             let delivery = if self.rx.has_queued() && !ctx.is_stopping() {
                 // Under load: no wake-up futures for a delivery already here.
@@ -273,7 +276,7 @@ impl TaskNode for MqttInNode {
             } else {
                 tokio::select! {
                     biased;
-                    () = ctx.stopping().cancelled() => break,
+                    () = &mut stopping => break,
                     delivery = self.rx.recv() => delivery,
                 }
             };

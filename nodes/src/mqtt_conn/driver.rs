@@ -79,6 +79,9 @@ impl Driver {
         self.set_status(NodeStatus::pending("connecting"));
         let mut failures: u32 = 0;
         let mut rng = Jitter::new(&self.settings.client_id);
+        // One waiter for the whole loop, not one per wait.
+        let cancelled = self.cancel.cancelled_owned();
+        tokio::pin!(cancelled);
         loop {
             let event = if self.eventloop.buffered() && !self.cancel.is_cancelled() {
                 // The rest of a network read: no wake-up futures needed.
@@ -86,7 +89,7 @@ impl Driver {
             } else {
                 tokio::select! {
                     biased;
-                    () = self.cancel.cancelled() => break,
+                    () = &mut cancelled => break,
                     event = self.eventloop.poll() => event,
                 }
             };
@@ -105,7 +108,7 @@ impl Driver {
                     );
                     self.on_error(&error, delay);
                     tokio::select! {
-                        () = self.cancel.cancelled() => break,
+                        () = &mut cancelled => break,
                         () = tokio::time::sleep(delay) => {}
                     }
                 }
