@@ -14,6 +14,10 @@ pub(crate) fn topic_matches(filter: &str, topic: &str) -> bool {
         },
         None => filter,
     };
+    if filter == topic {
+        // The common case, a filter without wildcards: one comparison.
+        return true;
+    }
     if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
         return false;
     }
@@ -111,6 +115,9 @@ mod tests {
         assert!(topic_matches("+/+/x", "a/b/x"));
         assert!(topic_matches("$share/g/car/+", "car/1"));
         assert!(!topic_matches("#", "$SYS/broker"));
+        assert!(topic_matches("$SYS/broker", "$SYS/broker"));
+        assert!(topic_matches("$share/g/car", "car"));
+        assert!(!topic_matches("$share/g", "$share/g"));
         assert!(topic_matches("$SYS/#", "$SYS/broker"));
         assert!(topic_matches("a//c", "a//c"));
         assert!(topic_matches("a/+/c", "a//c"));
