@@ -43,7 +43,7 @@ impl Msg {
 
     /// A message with an explicit id and tracker.
     pub fn with_tracker(id: MsgId, payload: Value, tracker: Tracker) -> Self {
-        let mut props = crate::value::map_with_capacity(4);
+        let mut props = Map::with_capacity(4);
         props.insert("payload".to_string(), payload);
         Msg {
             id,

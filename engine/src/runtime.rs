@@ -19,7 +19,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::signal::Signal;
 use futures::FutureExt;
 use serde::Serialize;
 use tokio::sync::{Mutex, OwnedMutexGuard, mpsc};
@@ -37,6 +36,7 @@ use crate::msg::Msg;
 use crate::node::{CatchScope, ConfigInstance, NodeError, NodeImpl, NodeSpec, Out, TaskNode};
 use crate::registry::Registry;
 use crate::shared::EngineShared;
+use crate::signal::Signal;
 
 /// The engine: a registry, shared state and the running flows.
 #[derive(Debug)]

@@ -17,11 +17,17 @@ use tokio_util::sync::{
 };
 
 /// A cancellation signal: fire once, wait on it, or check it cheaply.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Signal {
     token: CancellationToken,
     /// This signal's flag first, then its ancestors'.
     flags: Arc<[Arc<AtomicBool>]>,
+}
+
+impl Default for Signal {
+    fn default() -> Self {
+        Signal::new()
+    }
 }
 
 impl Signal {

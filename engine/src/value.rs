@@ -19,11 +19,6 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use crate::map::Map;
 
-/// An empty [`Map`] with room for `capacity` properties.
-pub fn map_with_capacity(capacity: usize) -> Map {
-    Map::with_capacity(capacity)
-}
-
 /// A JSON-like value with O(1) clones.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub enum Value {
@@ -364,7 +359,7 @@ impl<'de> Visitor<'de> for ValueVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Value, A::Error> {
         // JSON gives no size hint: room for a few entries saves the growth
         // steps of the typical small object.
-        let mut map = map_with_capacity(access.size_hint().unwrap_or(4).min(4096));
+        let mut map = Map::with_capacity(access.size_hint().unwrap_or(4).min(4096));
         while let Some((key, value)) = access.next_entry::<String, Value>()? {
             map.insert(key, value);
         }

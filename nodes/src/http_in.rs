@@ -225,7 +225,7 @@ pub(crate) fn parse_request(
     let raw_query = parts.uri.query().unwrap_or("");
     let query = parse_pairs(raw_query)
         .map_err(|e| BadRequest::new("query", format!("malformed query string: {e}")))?;
-    let mut param_map = runnel_engine::value::map_with_capacity(params.len());
+    let mut param_map = runnel_engine::Map::with_capacity(params.len());
     for (name, value) in params {
         param_map.insert(name, Value::from(value));
     }
@@ -234,7 +234,7 @@ pub(crate) fn parse_request(
     } else {
         parse_body(parts, body)?
     };
-    let mut req = runnel_engine::value::map_with_capacity(6);
+    let mut req = runnel_engine::Map::with_capacity(6);
     req.insert("method".into(), Value::from(parts.method.as_str()));
     req.insert("path".into(), Value::from(parts.uri.path()));
     let url = parts
@@ -284,7 +284,7 @@ fn parse_body(parts: &Parts, body: Bytes) -> Result<Value, BadRequest> {
 /// an array, as in Express.
 fn parse_pairs(text: &str) -> Result<Value, serde_urlencoded::de::Error> {
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(text)?;
-    let mut map = runnel_engine::value::map_with_capacity(pairs.len());
+    let mut map = runnel_engine::Map::with_capacity(pairs.len());
     for (name, value) in pairs {
         let value = Value::from(value);
         match map.get_mut(&name) {

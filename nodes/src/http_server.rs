@@ -500,7 +500,7 @@ pub fn headers_to_value(headers: &HeaderMap) -> Value {
             }
         }
     }
-    let mut out = runnel_engine::value::map_with_capacity(order.len());
+    let mut out = runnel_engine::Map::with_capacity(order.len());
     for name in order {
         if let Some(value) = map.remove(name) {
             out.insert(name.to_string(), Value::from(value));

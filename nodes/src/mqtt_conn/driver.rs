@@ -8,8 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rumqttc::QoS;
-use runnel_engine::Signal;
-use runnel_engine::{NodeMonitor, NodeStatus};
+use runnel_engine::{NodeMonitor, NodeStatus, Signal};
 use tokio::sync::{mpsc, watch};
 
 use super::backoff::Jitter;
